@@ -1,0 +1,197 @@
+"""Scenario files: the facility's catalogue, users, storage behaviour, downloads and faults.
+
+The keys are documented in `docs/simulated-facility.md`. A scenario may be a path to YAML or an
+already-parsed dict (tests build them inline).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simfacility.model import (
+    Datafile,
+    Dataset,
+    Facility,
+    Investigation,
+    InvestigationUser,
+    Store,
+    User,
+    java_hex,
+)
+
+
+class ScenarioError(ValueError):
+    """The scenario file is malformed; the message names the offending key."""
+
+
+@dataclass
+class TopcatConfig:
+    """TopCAT's topcat.properties / run.properties, as far as the wire shows them."""
+
+    poll_delay_s: float = 0.0
+    poll_interval_wait_s: float = 1.0
+    status_check: bool = True
+    mail_enable: bool = True
+    mail_subject: str = "Your ${facilityName} download ${fileName} is ready"
+    mail_bodies: dict[str, str] = field(default_factory=dict)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    mail_from: str = "topcat@localhost"
+    # transport -> IDS base URL (None: this simulator's own IDS), as facility.F.downloadType.<t>
+    download_types: dict[str, str | None] = field(default_factory=dict)
+    version: str = "2.4.9"
+
+
+@dataclass
+class SimConfig:
+    facility: str = "LILS"
+    two_level: bool = True
+    storage_unit: str = "dataset"
+    restore_latency_s: float = 2.0
+    restore_bytes_per_s: float = 500_000_000.0
+    session_lifetime_minutes: float = 120.0
+    prepared_count: int = 10000
+    admins: list[str] = field(default_factory=list)
+    ids_read_only: bool = False
+    ids_version: str = "2.1.1"
+    icat_version: str = "6.2.0"
+    max_entities: int = 10000
+    topcat: TopcatConfig = field(default_factory=TopcatConfig)
+    downloads: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    fault_seed: int = 0
+    materialize_online: bool = True
+
+
+def _require(d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        raise ScenarioError(f"{where}: missing required key '{key}'")
+    return d[key]
+
+
+def load_scenario(source: str | Path | dict, data_dir: str | Path) -> tuple[SimConfig, Store]:
+    """Parse a scenario and build the catalogue (no files are written here)."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        with open(source, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ScenarioError("scenario: top level must be a mapping")
+    cfg = _config(raw)
+    store = Store(Path(data_dir))
+    store.admins = set(cfg.admins)
+    store.facility = Facility(id=store.next_id(), name=cfg.facility,
+                              full_name=raw.get("facility_full_name"))
+    for i, u in enumerate(raw.get("users") or []):
+        name = _require(u, "name", f"users[{i}]")
+        store.users[name] = User(id=store.next_id(), name=name,
+                                 password=str(_require(u, "password", f"users[{i}]")),
+                                 full_name=u.get("full_name"), email=u.get("email"))
+    seed = int(raw.get("seed", 0))
+    rng = random.Random(seed)
+    for i, inv_raw in enumerate(raw.get("investigations") or []):
+        _add_investigation(store, inv_raw, f"investigations[{i}]", rng)
+    return cfg, store
+
+
+def _config(raw: dict) -> SimConfig:
+    storage = raw.get("storage", "two-level")
+    if storage not in ("two-level", "single-level"):
+        raise ScenarioError(f"storage: expected two-level or single-level, got {storage!r}")
+    restore = raw.get("restore") or {}
+    tc_raw = raw.get("topcat") or {}
+    mail = tc_raw.get("mail") or {}
+    smtp = mail.get("smtp") or {}
+    topcat = TopcatConfig(
+        poll_delay_s=float(tc_raw.get("poll_delay_s", 0.0)),
+        poll_interval_wait_s=float(tc_raw.get("poll_interval_wait_s", 1.0)),
+        status_check=bool(tc_raw.get("status_check", True)),
+        mail_enable=bool(mail.get("enable", True)),
+        mail_subject=mail.get("subject", TopcatConfig.mail_subject),
+        mail_bodies=dict(mail.get("bodies") or {}),
+        smtp_host=smtp.get("host"),
+        smtp_port=int(smtp.get("port", 25)),
+        mail_from=mail.get("from", "topcat@localhost"),
+        download_types=dict(tc_raw.get("download_types") or {}),
+    )
+    unit = raw.get("storage_unit", "dataset")
+    if unit not in ("dataset", "datafile"):
+        raise ScenarioError(f"storage_unit: expected dataset or datafile, got {unit!r}")
+    return SimConfig(
+        facility=str(raw.get("facility", "LILS")),
+        two_level=storage == "two-level",
+        storage_unit=unit,
+        restore_latency_s=float(restore.get("latency_s", 2.0)),
+        restore_bytes_per_s=float(restore.get("bytes_per_s", 500_000_000)),
+        session_lifetime_minutes=float(raw.get("session_lifetime_minutes", 120)),
+        prepared_count=int(raw.get("prepared_count", 10000)),
+        admins=list(raw.get("admins") or []),
+        ids_read_only=bool((raw.get("ids") or {}).get("read_only", False)),
+        topcat=topcat,
+        downloads=list(raw.get("downloads") or []),
+        faults=list(raw.get("faults") or []),
+        fault_seed=int(raw.get("fault_seed", 0)),
+    )
+
+
+def _add_investigation(store: Store, raw: dict, where: str, rng: random.Random) -> None:
+    assert store.facility is not None
+    inv = Investigation(id=store.next_id(), name=str(_require(raw, "name", where)),
+                        visit_id=str(raw.get("visit_id", "1")),
+                        title=str(raw.get("title", raw["name"])),
+                        facility_id=store.facility.id)
+    store.investigations[inv.id] = inv
+    for user in raw.get("users") or []:
+        role = "INVESTIGATOR"
+        if isinstance(user, dict):
+            role = user.get("role", role)
+            user = user["name"]
+        if user not in store.users:
+            raise ScenarioError(f"{where}.users: unknown user {user!r}")
+        iu = InvestigationUser(id=store.next_id(), user_name=user, investigation_id=inv.id,
+                               role=role)
+        store.investigation_users[iu.id] = iu
+    for j, ds_raw in enumerate(raw.get("datasets") or []):
+        dwhere = f"{where}.datasets[{j}]"
+        ds = Dataset(id=store.next_id(), name=str(_require(ds_raw, "name", dwhere)),
+                     investigation_id=inv.id)
+        ds.location = f"{inv.id}/{ds.id}"
+        store.datasets[ds.id] = ds
+        inv.dataset_ids.append(ds.id)
+        for k, df_raw in enumerate(ds_raw.get("datafiles") or []):
+            fwhere = f"{dwhere}.datafiles[{k}]"
+            if "generate" in df_raw:
+                for n in range(int(df_raw["generate"])):
+                    spec = dict(df_raw)
+                    spec["name"] = str(spec.get("name_pattern", "file_{i:06d}.dat")).format(i=n)
+                    _add_datafile(store, ds, inv, spec, fwhere, rng)
+            else:
+                _add_datafile(store, ds, inv, df_raw, fwhere, rng)
+
+
+def _add_datafile(store: Store, ds: Dataset, inv: Investigation, raw: dict, where: str,
+                  rng: random.Random) -> None:
+    name = str(_require(raw, "name", where))
+    content = raw.get("content")
+    if content is not None:
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        size = len(data)
+    else:
+        data = None
+        size = int(raw.get("size", 0))
+    df_id = store.next_id()
+    location: str | None = f"{inv.id}/{ds.id}/{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+    if raw.get("location", "auto") is None:
+        location = None
+    df = Datafile(id=df_id, name=name, dataset_id=ds.id, size=size, location=location,
+                  checksum=None, seed=int(raw.get("seed", df_id)), content=data)
+    df.checksum = str(raw["checksum"]) if "checksum" in raw else java_hex(df.compute_crc())
+    store.datafiles[df.id] = df
+    ds.datafile_ids.append(df.id)
