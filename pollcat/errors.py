@@ -1,0 +1,126 @@
+"""What can go wrong, in two families that decide what happens next.
+
+`TransientError`s are retried (network, 5xx, 503, timeouts) until a deadline; `PermanentError`s
+are not: the download is set EXPIRED with the reason. Every error carries the download id and the
+datafile it concerns, when known, and the service's own message, so an operator can act on one
+log line.
+"""
+
+from __future__ import annotations
+
+
+class PollcatError(Exception):
+    """Base class. `str(err)` names the download and datafile when they are known."""
+
+    def __init__(self, message: str, *, download_id: int | None = None,
+                 datafile: str | None = None, service: str | None = None,
+                 status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.download_id = download_id
+        self.datafile = datafile
+        self.service = service
+        self.status = status
+        self.code = code
+
+    def with_context(self, *, download_id: int | None = None,
+                     datafile: str | None = None) -> PollcatError:
+        """Fill in the download/datafile if the raiser did not know them; returns self."""
+        if self.download_id is None:
+            self.download_id = download_id
+        if self.datafile is None:
+            self.datafile = datafile
+        return self
+
+    def __str__(self) -> str:
+        where = []
+        if self.download_id is not None:
+            where.append(f"download {self.download_id}")
+        if self.datafile is not None:
+            where.append(f"datafile {self.datafile!r}")
+        svc = ""
+        if self.service:
+            svc = f" [{self.service}" + (f" {self.status}" if self.status else "") + (
+                f" {self.code}" if self.code else "") + "]"
+        prefix = (", ".join(where) + ": ") if where else ""
+        return f"{prefix}{self.message}{svc}"
+
+
+class TransientError(PollcatError):
+    """Worth retrying: the network, a 5xx, 503 DataNotOnline, a timeout."""
+
+
+class PermanentError(PollcatError):
+    """Retrying will not help: no access, deleted data, a refused name, a refusing target."""
+
+
+class ConfigurationError(PermanentError):
+    """The blocks or command line are wrong (unknown transport, bad URL, missing password)."""
+
+
+class ServiceError(PollcatError):
+    """A service answered with an error; the subclass says whether to retry."""
+
+
+class TransientServiceError(ServiceError, TransientError):
+    pass
+
+
+class PermanentServiceError(ServiceError, PermanentError):
+    pass
+
+
+class SessionError(TransientServiceError):
+    """The ICAT session is unknown or expired: log in again and retry."""
+
+
+class NotReady(TransientError):
+    """The IDS has not finished restoring the data yet (not a failure)."""
+
+
+class PreparedIdUnknown(PermanentServiceError):
+    """The IDS no longer knows the preparedId (404): prepare again."""
+
+
+class RestoreFailed(TransientServiceError):
+    """The IDS says "Restore failed": reset, and try again later (bounded attempts)."""
+
+
+class UnsafePathError(PermanentError):
+    """A name or layout would escape the target root or contains forbidden characters."""
+
+
+class InvalidUserName(PermanentError):
+    """The ICAT user cannot be mapped to a valid destination account name."""
+
+
+class VerificationError(TransientError):
+    """Bytes arrived but size or CRC32 disagree with ICAT; the file is fetched again."""
+
+
+class ChecksumMismatch(VerificationError):
+    pass
+
+
+class SizeMismatch(VerificationError):
+    pass
+
+
+class ResumeNotSupported(TransientError):
+    """The server ignored `Range` (no 206): restart the file from byte 0."""
+
+
+class TargetError(PermanentError):
+    """The target refused a write (permissions, read-only, full)."""
+
+
+class DeliveryLocked(TransientError):
+    """Another worker is delivering this download right now."""
+
+
+class TruncatedStream(TransientError):
+    """A zip (or other) stream ended before it was complete: fetch it again."""
+
+
+class CorruptStream(VerificationError):
+    """Bytes arrived but are not a valid zip stream (bad signature, bad deflate data)."""

@@ -1,0 +1,28 @@
+"""The live connections of one facility: ICAT session, TopCAT admin client, IDS gateways."""
+
+from __future__ import annotations
+
+from pollcat.config import FacilityConfig
+from pollcat.icat import IcatSession
+from pollcat.ids import IdsGateway
+from pollcat.topcat import TopcatAdmin
+
+
+class FacilityClients:
+    def __init__(self, cfg: FacilityConfig):
+        self.cfg = cfg
+        self.icat = IcatSession(cfg.icat_url, auth=cfg.auth, username=cfg.username,
+                                password=cfg.password, timeout=cfg.timeout_s, verify=cfg.verify)
+        self.topcat = TopcatAdmin(cfg.topcat_url, cfg.name, self.icat, timeout=cfg.timeout_s,
+                                  verify=cfg.verify)
+        self._ids: dict[str, IdsGateway] = {}
+
+    def ids_for(self, transport: str) -> IdsGateway:
+        """The IDS TopCAT prepared this transport's downloads on (a preparedId is per IDS)."""
+        url = self.cfg.ids_url_for(transport)
+        if url not in self._ids:
+            self._ids[url] = IdsGateway(url, timeout=self.cfg.timeout_s, verify=self.cfg.verify)
+        return self._ids[url]
+
+    def close(self) -> None:
+        self.icat.logout()

@@ -1,0 +1,175 @@
+"""Where the bytes come from: three small sources with one job, filling a target.
+
+- `DirectSource`: each datafile over IDS HTTP as a raw file with the functional account's session
+  (`getData?sessionId&datafileIds=N`), several in parallel, resumed with `Range`.
+- `PreparedZipSource`: the prepared zip stream (`getData?preparedId`), unzipped while it streams;
+  for facilities whose functional account may not read the data. A broken zip stream restarts
+  from byte 0 (a regenerated zip cannot be resumed safely, wire reference §1.4).
+- `StorageSource`: the IDS main storage mounted or reachable as an fsspec URL, copied by
+  `Datafile.location`, hard-linked when source and target share a local filesystem.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from pollcat.catalog import DatafileInfo
+from pollcat.errors import PermanentError, PollcatError, TransientError
+from pollcat.ids import IdsGateway
+from pollcat.transfer import (
+    FileJob,
+    FileResult,
+    link_or_copy,
+    run_jobs,
+    write_file,
+    write_stream_entry,
+)
+from pollcat.zipstream import iter_entries
+
+log = logging.getLogger("pollcat.sources")
+ZIP_RESTARTS = 3
+
+
+@dataclass
+class TransferContext:
+    download_id: int
+    prepared_id: str
+    ids: IdsGateway
+    session_id: Callable[[], str]
+    fs: fsspec.AbstractFileSystem
+    root: str
+    concurrency: int
+    on_progress: Callable[[int], None] | None = None
+
+
+class Source:
+    name = "abstract"
+
+    def transfer(self, ctx: TransferContext, jobs: list[FileJob],
+                 infos: dict[int, DatafileInfo]) -> list[FileResult | BaseException]:
+        """Fill the target; one result or error per job, in job order."""
+        raise NotImplementedError
+
+
+class DirectSource(Source):
+    name = "direct"
+
+    def transfer(self, ctx, jobs, infos):
+        for job in jobs:
+            job.open = _opener(ctx, job.datafile_id)
+        return run_jobs(jobs, lambda job: write_file(ctx.fs, ctx.root, job,
+                                                     on_progress=ctx.on_progress),
+                        concurrency=ctx.concurrency)
+
+
+def _opener(ctx: TransferContext, datafile_id: int):
+    def open_at(offset: int):
+        return ctx.ids.get_datafile(ctx.session_id(), datafile_id, offset)
+    return open_at
+
+
+class StorageSource(Source):
+    name = "storage"
+
+    def __init__(self, storage_url: str, storage_options: dict | None = None,
+                 hardlink: bool = True):
+        self.src_fs, self.src_root = url_to_fs(storage_url, **(storage_options or {}))
+        self.hardlink = hardlink
+
+    def transfer(self, ctx, jobs, infos):
+        def one(job: FileJob) -> FileResult:
+            location = infos[job.datafile_id].location
+            if not location:
+                raise PermanentError("datafile has no location in ICAT", datafile=job.name)
+            src = self.src_root.rstrip("/") + "/" + _strip_digest(location)
+            return link_or_copy(self.src_fs, src, ctx.fs, ctx.root, job, hardlink=self.hardlink)
+        return run_jobs(jobs, one, concurrency=ctx.concurrency)
+
+
+def _strip_digest(location: str) -> str:
+    """The IDS may append `" <digest>"` to a location when its `key` is set (§3.4)."""
+    return location.split(" ", 1)[0].lstrip("/")
+
+
+class PreparedZipSource(Source):
+    name = "prepared-zip"
+
+    def transfer(self, ctx, jobs, infos):
+        by_path = {}
+        by_name: dict[str, list[FileJob]] = {}
+        for job in jobs:
+            info = infos[job.datafile_id]
+            by_path[(info.investigation, info.visit, info.dataset, job.name)] = job
+            by_name.setdefault(job.name, []).append(job)
+        results: dict[int, FileResult | BaseException] = {}
+        last_error: BaseException | None = None
+        for attempt in range(1, ZIP_RESTARTS + 1):
+            try:
+                self._one_pass(ctx, by_path, by_name, results)
+                last_error = None
+                break
+            except TransientError as exc:
+                last_error = exc
+                log.warning("download %s: zip stream broke (attempt %d/%d): %s; restarting "
+                            "from byte 0", ctx.download_id, attempt, ZIP_RESTARTS, exc)
+        out: list[FileResult | BaseException] = []
+        for job in jobs:
+            if job.datafile_id in results:
+                out.append(results[job.datafile_id])
+            else:
+                out.append(last_error or PermanentError(
+                    "the prepared zip did not contain this datafile", datafile=job.name))
+        return out
+
+    def _one_pass(self, ctx, by_path, by_name, results) -> None:
+        resp = ctx.ids.get_prepared(ctx.prepared_id)
+        try:
+            for entry in iter_entries(resp.read):
+                job = _match_entry(entry.name, by_path, by_name)
+                if job is None or isinstance(results.get(job.datafile_id), FileResult):
+                    entry.skip()
+                    continue
+                try:
+                    results[job.datafile_id] = write_stream_entry(
+                        ctx.fs, ctx.root, job, entry.iter_chunks())
+                    if ctx.on_progress:
+                        ctx.on_progress(job.size)
+                except PollcatError as exc:
+                    if isinstance(exc, TransientError):
+                        raise
+                    results[job.datafile_id] = exc
+                    entry.skip()
+        finally:
+            resp.close()
+
+
+def _match_entry(entry_name: str, by_path, by_name) -> FileJob | None:
+    """Undo the standard ZipMapper (`ids/<fac>/<inv>/<visit>/<ds>/<datafile name>`)."""
+    parts = entry_name.split("/", 5)
+    if len(parts) == 6 and parts[0] == "ids":
+        key = (unquote_plus(parts[2]), unquote_plus(parts[3]), unquote_plus(parts[4]), parts[5])
+        if key in by_path:
+            return by_path[key]
+        name = parts[5]
+    else:
+        name = entry_name
+    candidates = by_name.get(name, [])
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def make_source(kind: str, *, storage_url: str | None = None,
+                storage_options: dict | None = None, hardlink: bool = True) -> Source:
+    if kind == "direct":
+        return DirectSource()
+    if kind == "prepared-zip":
+        return PreparedZipSource()
+    if kind == "storage":
+        assert storage_url
+        return StorageSource(storage_url, storage_options, hardlink)
+    raise ValueError(f"unknown source {kind!r}")
