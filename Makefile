@@ -21,7 +21,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m pollcat.demo
+	$(PY) scripts/demo.py
 
 bench: $(STAMP)
 	$(PY) -m bench.run

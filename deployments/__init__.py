@@ -1,0 +1,1 @@
+"""Deployment helpers: register block types, and a bootstrap for a fresh Prefect server."""

@@ -1,0 +1,1 @@
+"""Prefect flows: `pollcat-sweep` (scheduled) and `pollcat-deliver` (one download, by hand)."""

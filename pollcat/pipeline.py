@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,7 @@ class Pipeline:
         self.clients = clients or FacilityClients(cfg.facility)
         self.state = StateStore(cfg.state_dir, cfg.facility.name)
         self.hooks = list(hooks)
+        self._slots = threading.BoundedSemaphore(cfg.max_parallel_downloads)
 
     @property
     def topcat(self):
@@ -262,8 +264,8 @@ class Pipeline:
     def deliver(self, d: Download, prepared_id: str,
                 on_progress: Callable[[int, int], None] | None = None) -> Outcome:
         """Transfer, verify, hooks, complete — under the download's lock."""
-        t0 = time.monotonic()
-        with self.state.lock(d.id):
+        with self._slots, self.state.lock(d.id):
+            t0 = time.monotonic()
             fresh = self.topcat.get(d.id)
             if fresh is None or fresh.is_deleted or fresh.status not in ("RESTORING", "COMPLETE"):
                 why = "deleted" if fresh is None or fresh.is_deleted else \
@@ -363,6 +365,14 @@ class Pipeline:
             return self._outcome(d, "retry", reason)
         return self.expire(d, reason)
 
+    def waiting(self, d: Download) -> Outcome:
+        return self._outcome(d, "waiting", "the IDS is still restoring the data")
+
+    def forget(self, download_id: int) -> None:
+        """Clear pollcat's verdict and counters for a download (operator's force retry)."""
+        self.state.update(download_id, outcome=None, reason=None, prepare_attempts=0,
+                          restore_failures=0, first_seen=datetime.now(UTC).isoformat())
+
     def expire(self, d: Download, reason: str) -> Outcome:
         log.error("download %s: expiring: %s", d.id, reason)
         self.state.update(d.id, outcome="expired", reason=reason)
@@ -386,7 +396,7 @@ class Pipeline:
                 return self._outcome(d, "skipped", "expired earlier by pollcat")
             prepared = self.prepare(d)
             if not self.poll(d, prepared, poll_budget_s):
-                return self._outcome(d, "waiting", "the IDS is still restoring the data")
+                return self.waiting(d)
             return self.deliver(d, prepared.prepared_id, on_progress)
         except Exception as exc:  # noqa: BLE001 - isolation: one download never sinks others
             return self.fail(d, exc)

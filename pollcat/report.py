@@ -1,0 +1,28 @@
+"""Sweep reports: the same rows for the Prefect table artifact, the CLI table and `--json`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pollcat.pipeline import Outcome
+
+COLUMNS = ["download_id", "user", "transport", "files", "bytes", "seconds", "MB/s", "outcome",
+           "reason"]
+
+
+def table_rows(outcomes: Iterable[Outcome]) -> list[dict]:
+    return [{k: o.row()[k] for k in COLUMNS} | {"path": o.path} for o in outcomes]
+
+
+def format_table(outcomes: Iterable[Outcome]) -> str:
+    rows = table_rows(outcomes)
+    if not rows:
+        return "nothing to do"
+    cols = COLUMNS + ["path"]
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    widths = [min(60, max(len(c), *(len(row[i]) for row in cells))) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for row in cells:
+        out.append("  ".join(v[:w].ljust(w) for v, w in zip(row, widths, strict=True)))
+    return "\n".join(out)

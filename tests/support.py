@@ -1,0 +1,75 @@
+"""Test helpers: talk to the simulated facility as an admin, build pipelines against it."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from pollcat.config import FacilityConfig, PipelineConfig, TargetConfig
+from pollcat.pipeline import Pipeline
+
+ADMIN = ("pollcat", "pollpass")
+
+
+def login(url: str, user: str = "pollcat", password: str = "pollpass") -> str:
+    creds = {"plugin": "simple", "credentials": [{"username": user}, {"password": password}]}
+    r = requests.post(f"{url}/icat/session", data={"json": json.dumps(creds)}, timeout=10)
+    r.raise_for_status()
+    return r.json()["sessionId"]
+
+
+def downloads(url: str, facility: str = "LILS") -> dict[int, dict[str, Any]]:
+    sid = login(url)
+    r = requests.get(f"{url}/topcat/admin/downloads", params={
+        "facilityName": facility, "sessionId": sid, "queryOffset": "where 1 = 1"}, timeout=10)
+    r.raise_for_status()
+    return {d["id"]: d for d in r.json()}
+
+
+def statuses(url: str) -> dict[int, str]:
+    return {i: d["status"] for i, d in downloads(url).items()}
+
+
+def pipeline_for(sim, tmp_path: Path, *, transports=("globus",), state_dir: Path | None = None,
+                 facility_kw: dict | None = None, **target_kw: Any) -> Pipeline:
+    fac = FacilityConfig(name="LILS", icat_url=sim.url, ids_url=sim.url, topcat_url=sim.url,
+                         username="pollcat", password="pollpass", timeout_s=10,
+                         **(facility_kw or {}))
+    routes = {t: TargetConfig(url=f"file://{tmp_path / 'target' / t}", **target_kw)
+              for t in transports}
+    cfg = PipelineConfig(facility=fac, routes=routes, state_dir=state_dir or tmp_path / "state",
+                         poll_budget_s=5.0, max_prepare_attempts=3)
+    return Pipeline(cfg)
+
+
+def sweep_until_complete(pipe: Pipeline, url: str, ids: list[int] | None = None,
+                         max_sweeps: int = 10) -> list:
+    """Sweep until TopCAT shows the downloads COMPLETE; returns every sweep's outcomes."""
+    history = []
+    for _ in range(max_sweeps):
+        history.append(pipe.sweep())
+        st = statuses(url)
+        wanted = ids if ids is not None else list(st)
+        if all(st[i] == "COMPLETE" for i in wanted):
+            return history
+    raise AssertionError(f"not complete after {max_sweeps} sweeps: {statuses(url)}; "
+                         f"last outcomes {history[-1]}")
+
+
+def crc_hex(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return format(crc, "x")
+
+
+def delivered_files(root: Path) -> dict[str, Path]:
+    """Relative path → file for everything under root except pollcat's own markers."""
+    return {str(p.relative_to(root)): p for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".pollcat") and
+            p.name != "pollcat-manifest.json"}
