@@ -1,0 +1,1 @@
+"""Benchmarks: measured here, published in docs/benchmarks.md (never timed unit tests)."""
