@@ -26,8 +26,8 @@ from pollcat.errors import (
     NotReady,
     PermanentServiceError,
     PreparedIdUnknown,
-    ResumeNotSupported,
     RestoreFailed,
+    ResumeNotSupported,
     TransientServiceError,
 )
 
@@ -114,7 +114,7 @@ class RangedResponse:
     def read(self, n: int = -1) -> bytes:
         try:
             return self._resp.read(n)
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise TransientServiceError("IDS stream stalled (read timeout)",
                                         service=SERVICE) from exc
 
