@@ -140,6 +140,7 @@ class Store:
         self.datasets: dict[int, Dataset] = {}
         self.datafiles: dict[int, Datafile] = {}
         self.admins: set[str] = set()
+        self._investigations_by_user: dict[str, set[int]] = {}
 
     def next_id(self) -> int:
         with self.lock:
@@ -150,15 +151,17 @@ class Store:
     def is_admin(self, user_name: str) -> bool:
         return user_name in self.admins
 
+    def add_investigation_user(self, iu: InvestigationUser) -> None:
+        self.investigation_users[iu.id] = iu
+        self._investigations_by_user.setdefault(iu.user_name, set()).add(iu.investigation_id)
+
     def user_investigation_ids(self, user_name: str) -> set[int]:
-        return {iu.investigation_id for iu in self.investigation_users.values()
-                if iu.user_name == user_name}
+        return set(self._investigations_by_user.get(user_name, ()))
 
     def can_read_investigation(self, user_name: str, investigation_id: int) -> bool:
         if self.is_admin(user_name):
             return investigation_id in self.investigations
-        return any(iu.investigation_id == investigation_id and iu.user_name == user_name
-                   for iu in self.investigation_users.values())
+        return investigation_id in self._investigations_by_user.get(user_name, ())
 
     def can_read_dataset(self, user_name: str, dataset_id: int) -> bool:
         ds = self.datasets.get(dataset_id)

@@ -120,6 +120,7 @@ def _config(raw: dict) -> SimConfig:
         smtp_port=int(smtp.get("port", 25)),
         mail_from=mail.get("from", "topcat@localhost"),
         download_types=dict(tc_raw.get("download_types") or {}),
+        version=str(tc_raw.get("version", TopcatConfig.version)),
     )
     unit = raw.get("storage_unit", "dataset")
     if unit not in ("dataset", "datafile"):
@@ -134,6 +135,10 @@ def _config(raw: dict) -> SimConfig:
         prepared_count=int(raw.get("prepared_count", 10000)),
         admins=list(raw.get("admins") or []),
         ids_read_only=bool((raw.get("ids") or {}).get("read_only", False)),
+        ids_version=str((raw.get("ids") or {}).get("version", "2.1.1")),
+        icat_version=str((raw.get("icat") or {}).get("version", "6.2.0")),
+        max_entities=int((raw.get("icat") or {}).get("max_entities", 10000)),
+        materialize_online=bool(raw.get("materialize_online", True)),
         topcat=topcat,
         downloads=list(raw.get("downloads") or []),
         faults=list(raw.get("faults") or []),
@@ -157,7 +162,7 @@ def _add_investigation(store: Store, raw: dict, where: str, rng: random.Random) 
             raise ScenarioError(f"{where}.users: unknown user {user!r}")
         iu = InvestigationUser(id=store.next_id(), user_name=user, investigation_id=inv.id,
                                role=role)
-        store.investigation_users[iu.id] = iu
+        store.add_investigation_user(iu)
     for j, ds_raw in enumerate(raw.get("datasets") or []):
         dwhere = f"{where}.datasets[{j}]"
         ds = Dataset(id=store.next_id(), name=str(_require(ds_raw, "name", dwhere)),
