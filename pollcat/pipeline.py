@@ -33,7 +33,7 @@ from pollcat.errors import (
 )
 from pollcat.facility import FacilityClients
 from pollcat.layout import join_under, map_user, render_path
-from pollcat.manifest import read_manifest, write_manifest
+from pollcat.manifest import manifest_files, read_manifest, write_manifest
 from pollcat.sources import TransferContext, make_source
 from pollcat.state import StateStore
 from pollcat.topcat import Download
@@ -283,7 +283,7 @@ class Pipeline:
             self._complete(fresh, plan)
             out = self._outcome(d, "completed", "")
             out.files = len(plan.jobs)
-            out.bytes = sum(r.bytes for r in results if not r.skipped)
+            out.bytes = sum(r.fetched for r in results)
             out.skipped_files = sum(1 for r in results if r.skipped)
             out.path = self._display_path(plan)
             out.seconds = time.monotonic() - t0
@@ -297,7 +297,7 @@ class Pipeline:
         if manifest is not None and manifest.download_id == d.id and manifest.covers(plan.jobs):
             log.info("download %s: manifest present, already delivered", d.id)
             return [FileResult(datafile_id=j.datafile_id, rel_path=j.rel_path, bytes=j.size,
-                               seconds=0.0, crc32=None, skipped=True, resumed=0)
+                               seconds=0.0, crc32=int(j.checksum or "0", 16), skipped=True)
                     for j in plan.jobs]
         done = [0]
 
@@ -320,7 +320,8 @@ class Pipeline:
         ok = [r for r in results if isinstance(r, FileResult)]
         write_manifest(plan.fs, mdir, facility=self.cfg.facility.name, download_id=d.id,
                        file_name=d.file_name, user=d.user_name, transport=d.transport,
-                       jobs=plan.jobs, root_rel=plan.download_dir)
+                       files=manifest_files(plan.jobs, plan.download_dir, ok),
+                       rel_dir=plan.download_dir)
         return ok
 
     def _complete(self, d: Download, plan: DeliveryPlan) -> None:

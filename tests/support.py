@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,29 @@ def pipeline_for(sim, tmp_path: Path, *, transports=("globus",), state_dir: Path
     return Pipeline(cfg)
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll until `predicate()` is truthy (TopCAT's StatusCheck and mail are asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def wait_status(url: str, status: str, timeout: float = 10.0) -> None:
+    wait_for(lambda: all(s == status for s in statuses(url).values()), timeout,
+             f"every download {status}")
+
+
 def sweep_until_complete(pipe: Pipeline, url: str, ids: list[int] | None = None,
                          max_sweeps: int = 10) -> list:
     """Sweep until TopCAT shows the downloads COMPLETE; returns every sweep's outcomes."""
     history = []
     for _ in range(max_sweeps):
+        wait_for(lambda: "PREPARING" not in statuses(url).values(), 10, "TopCAT to prepare")
         history.append(pipe.sweep())
         st = statuses(url)
         wanted = ids if ids is not None else list(st)

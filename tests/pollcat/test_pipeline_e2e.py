@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -18,6 +19,8 @@ from tests.support import (
     pipeline_for,
     statuses,
     sweep_until_complete,
+    wait_for,
+    wait_status,
 )
 
 ALICE_RUN42 = {"user": "simple/alice", "transport": "globus", "file_name": "alice_run42",
@@ -62,7 +65,8 @@ def test_two_level_direct_end_to_end(make_sim, tmp_path):
     assert sorted(f["path"] for f in manifest["files"]) == [
         "INV-001/1/run-42/notes/readme.txt", "INV-001/1/run-42/scan_0001.nxs"]
     # TopCAT mailed each user exactly once, and a rerun changes nothing
-    mails = list(sim.facility.mail_outbox)
+    mails = wait_for(lambda: len(sim.facility.mail_outbox) == 3 and sim.facility.mail_outbox,
+                     what="three mails")
     assert sorted(m["download_id"] for m in mails) == sorted(statuses(sim.url))
     before = downloads(sim.url)
     assert pipe.sweep() == []
@@ -103,6 +107,7 @@ def test_unsafe_datafile_name_expires_only_that_download(make_sim, tmp_path):
     scn["investigations"][1]["datasets"][0]["datafiles"].append(
         {"name": "../../../etc/evil", "content": "x"})
     sim = make_sim(scn)
+    wait_status(sim.url, "RESTORING")
     pipe = pipeline_for(sim, tmp_path)
     for _ in range(6):
         outcomes = {o.download_id: o for o in pipe.sweep()}
@@ -134,7 +139,7 @@ def test_broken_connection_resumes_with_range(make_sim, tmp_path):
 
 def test_reprepare_when_the_ids_forgot_the_prepared_id(make_sim, tmp_path):
     sim = make_sim(scenario(downloads=[ALICE_RUN42]))
-    _wait_status(sim.url, "RESTORING")
+    wait_status(sim.url, "RESTORING")
     old = next(iter(downloads(sim.url).values()))["preparedId"]
     sim.add_fault(kind="forget_prepared", prepared_id=old)
     pipe = pipeline_for(sim, tmp_path)
@@ -157,7 +162,7 @@ def test_reset_after_restore_failure(make_sim, tmp_path):
 
 def test_overlapping_sweeps_deliver_once(make_sim, tmp_path):
     sim = make_sim(scenario(downloads=[ALICE_RUN42, BOB_ALL]))
-    _wait_status(sim.url, "RESTORING")
+    wait_status(sim.url, "RESTORING")
     sim.add_fault(kind="latency", service="ids", endpoint="getData", seconds=0.3)
     pipes = [pipeline_for(sim, tmp_path) for _ in range(3)]  # 3 workers, one state dir
     results: list = []
@@ -170,6 +175,8 @@ def test_overlapping_sweeps_deliver_once(make_sim, tmp_path):
     assert outcomes.count("completed") + outcomes.count("waiting") >= 2
     sweep_until_complete(pipes[0], sim.url)
     assert len(delivered_files(tmp_path / "target/globus")) == 3
+    wait_for(lambda: len(sim.facility.mail_outbox) >= 2, what="two mails")
+    time.sleep(0.5)  # a duplicate COMPLETE would produce a second mail by now
     mails = [m["download_id"] for m in sim.facility.mail_outbox]
     assert sorted(mails) == sorted(set(mails)) and len(mails) == 2
 
@@ -184,12 +191,3 @@ def test_lock_refuses_a_second_holder(tmp_path):
         pass
 
 
-def _wait_status(url: str, status: str, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(s == status for s in statuses(url).values()):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"downloads not {status}: {statuses(url)}")

@@ -1,0 +1,237 @@
+"""Where each delivered file goes under a target root, and who it belongs to.
+
+Every name that reaches a target comes from outside pollcat (ICAT names, TopCAT's user-typed
+`fileName`, a layout template from the configuration), so every path is checked here, component
+by component, before anything touches a filesystem. Nothing in pollcat builds a target path
+without `render_path` + `join_under`.
+
+Path rules (a component is the text between two `/`):
+
+* no empty component (so no absolute path, no `//`, no trailing `/`), no `.` and no `..`;
+* no backslash (a Windows separator on some SFTP servers and Samba shares);
+* no control character: C0 (`\\x00`-`\\x1f`), DEL (`\\x7f`), C1 (`\\x80`-`\\x9f`), and the Unicode
+  line/paragraph separators; they break logs, shells and e-mails. Format characters (Cf, e.g.
+  zero-width joiners in names) are allowed;
+* a component is at most 255 bytes in UTF-8 (the POSIX `NAME_MAX` of nearly all filesystems), so
+  an over-long name is refused with a clear message instead of a late `ENAMETOOLONG`.
+
+Only the `datafile` field may contain `/` (ICAT Datafile names do, and the IDS zip layout turns them
+into subdirectories). A `/` or `%` in any other field is percent-encoded (`%2F`, `%25`), like the
+IDS ZipMapper does, so a dataset called `a/b` stays one directory and no two names collide.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import string
+import unicodedata
+from collections.abc import Mapping
+
+from pollcat.errors import ConfigurationError, InvalidUserName, UnsafePathError
+
+DEFAULT_LAYOUT = "{user}/{download}/{investigation}/{visit}/{dataset}/{datafile}"
+
+#: Fields that are the same for every file of one download.
+DOWNLOAD_FIELDS = frozenset({"user", "download", "download_id", "facility", "transport"})
+#: Fields that vary per file.
+FILE_FIELDS = frozenset({"investigation", "visit", "dataset", "datafile"})
+FIELDS = DOWNLOAD_FIELDS | FILE_FIELDS
+
+#: POSIX-portable account names as `useradd` accepts them by default (no trailing `$`, no
+#: upper case, at most 32 characters). Stricter than POSIX itself, on purpose: the name is
+#: used as a directory name and perhaps as an SSH login.
+ACCOUNT_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+USER_RULES = ("strip-prefix", "keep", "mapping-only")
+
+NAME_MAX = 255
+_FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
+
+
+# --- path components ------------------------------------------------------------------------
+
+
+def _bad_char(component: str) -> str | None:
+    """The first forbidden character of a component, or None."""
+    for ch in component:
+        if ch == "\\" or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+            return ch
+    return None
+
+
+def check_component(component: str, *, where: str | None = None) -> str:
+    """Return `component` if it is a safe single path component, else raise UnsafePathError.
+
+    `where` is the whole value the component came from, so the message names what to fix.
+    """
+    shown = repr(where if where is not None else component)
+    if component in ("", ".", ".."):
+        what = "an empty" if component == "" else f"a {component!r}"
+        raise UnsafePathError(f"path {shown} has {what} component")
+    bad = _bad_char(component)
+    if bad is not None:
+        raise UnsafePathError(f"path {shown} contains the forbidden character {bad!r}")
+    if len(component.encode("utf-8", "surrogatepass")) > NAME_MAX:
+        raise UnsafePathError(f"path {shown} has a component longer than {NAME_MAX} bytes")
+    return component
+
+
+def check_relpath(rel: str) -> str:
+    """Return `rel` if it is a safe relative POSIX path, else raise UnsafePathError."""
+    if not isinstance(rel, str):
+        raise UnsafePathError(f"path {rel!r} is not a string")
+    if rel.startswith("/"):
+        raise UnsafePathError(f"path {rel!r} is absolute")
+    for component in rel.split("/"):
+        check_component(component, where=rel)
+    return rel
+
+
+# --- templates ------------------------------------------------------------------------------
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a layout template uses; ConfigurationError for anything unknown.
+
+    Attribute and index access (`{user.__class__}`, `{user[0]}`) and conversions are refused:
+    the template comes from configuration and must not reach into Python objects.
+    """
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigurationError(f"layout {template!r} is not a valid template: {exc}") from exc
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in FIELDS:
+            raise ConfigurationError(
+                f"layout {template!r} uses unknown field {{{name}}}; known: {sorted(FIELDS)}")
+        if conversion or (spec and "{" in spec):
+            raise ConfigurationError(f"layout {template!r}: conversions and nested fields "
+                                     f"are not allowed in {{{name}}}")
+        names.append(name)
+    return names
+
+
+def _encode_single(value: str) -> str:
+    """Keep a non-datafile field in one component, reversibly (as the IDS ZipMapper does)."""
+    return value.replace("%", "%25").replace("/", "%2F")
+
+
+def _field_values(names: list[str], fields: Mapping[str, object]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name in names:
+        value = fields.get(name)
+        if value is None:
+            raise ConfigurationError(f"layout uses {{{name}}} but no value is known for it")
+        if isinstance(value, str) and name != "datafile":
+            value = _encode_single(value)
+        values[name] = value
+    return values
+
+
+def render_path(template: str, fields: Mapping[str, object]) -> str:
+    """Fill in a layout template and return the validated relative POSIX path.
+
+    Unknown placeholders → ConfigurationError; an unsafe result → UnsafePathError naming it.
+    """
+    names = template_fields(template)
+    try:
+        rel = template.format_map(_field_values(names, fields))
+    except (ValueError, TypeError) as exc:  # a bad format spec, e.g. {user:d}
+        raise ConfigurationError(f"layout {template!r} cannot be rendered: {exc}") from exc
+    return check_relpath(rel)
+
+
+def download_dir(template: str, fields: Mapping[str, object]) -> str:
+    """The download's own directory: the leading template components that use download fields.
+
+    With the default layout this is `{user}/{download}`: the place for the manifest. Returns
+    "" when the template starts with a per-file field (then the manifest would be shared by all
+    downloads; callers should use a layout with a download-level prefix).
+    """
+    template_fields(template)
+    kept = []
+    for part in template.split("/"):
+        used = {name for _l, name, _s, _c in string.Formatter().parse(part) if name}
+        if used & FILE_FIELDS:
+            break
+        kept.append(part)
+    if not kept:
+        return ""
+    return render_path("/".join(kept), fields)
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+def _apply_rule(icat_user: str, rule: str) -> str | None:
+    if rule == "strip-prefix":
+        return icat_user.split("/", 1)[1] if "/" in icat_user else icat_user
+    if rule == "keep":
+        return icat_user.replace("/", "_")
+    if rule == "mapping-only":
+        return None
+    raise ConfigurationError(f"unknown user rule {rule!r}; known: {', '.join(USER_RULES)}")
+
+
+def map_user(icat_user: str, rule: str = "strip-prefix",
+             mapping: Mapping[str, str] | None = None) -> str:
+    """The destination account for an ICAT user name.
+
+    * an explicit `mapping` entry (ICAT name → account) always wins;
+    * `strip-prefix` (default) drops the authenticator mnemonic: `simple/alice` → `alice`;
+    * `keep` keeps it, joined with `_` since `/` cannot be in an account: `simple_alice`;
+    * `mapping-only` refuses every user not in `mapping`.
+
+    The result must match ACCOUNT_NAME_RE; nothing is lower-cased or trimmed, because a silently
+    altered name could be someone else's account. `uows/12345` or `simple/Alice` therefore need
+    a mapping entry. Refusals raise InvalidUserName naming the ICAT user.
+    """
+    if rule not in USER_RULES:
+        raise ConfigurationError(f"unknown user rule {rule!r}; known: {', '.join(USER_RULES)}")
+    if mapping and icat_user in mapping:
+        account: str | None = mapping[icat_user]
+    else:
+        account = _apply_rule(icat_user, rule)
+    if account is None:
+        raise InvalidUserName(f"ICAT user {icat_user!r} has no entry in the user mapping")
+    if not isinstance(account, str) or not ACCOUNT_NAME_RE.match(account):
+        raise InvalidUserName(
+            f"ICAT user {icat_user!r} maps to {account!r}, which is not a valid account name "
+            f"(must match {ACCOUNT_NAME_RE.pattern}); add it to the user mapping")
+    return account
+
+
+# --- joining --------------------------------------------------------------------------------
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def join_under(root: str, rel: str, *, local: bool = False) -> str:
+    """`root + "/" + rel`, after checking `rel` and that the result stays under `root`.
+
+    The lexical check is enough for remote filesystems (no symlinks are resolved there). For a
+    local root (`local=True`) the real paths are compared as well, so a symlink planted inside
+    the target that points elsewhere (e.g. `alice/dl -> /etc`) is refused. `os.path.realpath`
+    resolves the existing part of the path and keeps the rest, so this works before the
+    directories are created. (A symlink swapped in after the check is not caught: that needs
+    the writer to run with the user's privileges.)
+    """
+    if not root:
+        raise ConfigurationError("the target root is empty")
+    check_relpath(rel)
+    base = root.rstrip("/") or "/"
+    joined = f"{base}/{rel}" if base != "/" else f"/{rel}"
+    if not _is_under(posixpath.normpath(joined), posixpath.normpath(base)):
+        raise UnsafePathError(f"path {rel!r} escapes the target root {root!r}")
+    if local:
+        real_root = os.path.realpath(base)
+        if not _is_under(os.path.realpath(joined), real_root):
+            raise UnsafePathError(
+                f"path {rel!r} leaves the target root {root!r} through a symbolic link")
+    return joined

@@ -1,0 +1,150 @@
+"""The delivery receipt: written last and atomically, read defensively, compared exactly."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import uuid
+import zlib
+from dataclasses import replace
+
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from pollcat.errors import TargetError
+from pollcat.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestFile,
+    manifest_files,
+    read_manifest,
+    write_manifest,
+)
+from pollcat.transfer import FileJob, write_file
+
+
+class Source:
+    def __init__(self, data: bytes, offset: int):
+        self.data, self.pos = data, offset
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def job(i: int, data: bytes, rel: str, checksum: str | None = "auto") -> FileJob:
+    crc = format(zlib.crc32(data), "x") if checksum == "auto" else checksum
+    return FileJob(i, rel.rsplit("/", 1)[-1], rel, len(data), crc,
+                   lambda off, d=data: Source(d, off))
+
+
+@pytest.fixture(params=["local", "memory"])
+def target(request, tmp_path):
+    if request.param == "local":
+        yield fsspec.filesystem("file"), str(tmp_path / "target")
+        return
+    fs, root = MemoryFileSystem(), f"/m-{uuid.uuid4().hex}"
+    yield fs, root
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+DATAS = [b"first file", os.urandom(5000), b""]
+BASE = "alice/my-download"
+
+
+def jobs() -> list[FileJob]:
+    return [job(1, DATAS[0], f"{BASE}/INV/1/ds/a.txt"),
+            job(2, DATAS[1], f"{BASE}/INV/1/ds/sub/b.bin"),
+            job(3, DATAS[2], f"{BASE}/INV/1/ds/empty", checksum=None)]
+
+
+def deliver(fs, root) -> Manifest:
+    js = jobs()
+    results = [write_file(fs, root, j) for j in js]
+    return write_manifest(fs, f"{root}/{BASE}", facility="LILS", download_id=42,
+                          file_name="my-download", user="alice", transport="sftp",
+                          files=manifest_files(js, BASE, results), rel_dir=BASE)
+
+
+def test_write_and_read_back(target):
+    fs, root = target
+    written = deliver(fs, root)
+    path = f"{root}/{BASE}/{MANIFEST_NAME}"
+    data = json.loads(fs.cat(path))
+    assert data["facility"] == "LILS" and data["download_id"] == 42
+    assert data["file_name"] == "my-download" and data["user"] == "alice"
+    assert data["transport"] == "sftp" and data["completed_at"].endswith("Z")
+    assert data["totals"] == {"files": 3, "bytes": len(DATAS[0]) + len(DATAS[1])}
+    assert data["files"][0] == {"path": "INV/1/ds/a.txt", "size": len(DATAS[0]),
+                                "crc32": format(zlib.crc32(DATAS[0]), "x"), "datafile_id": 1}
+    # no checksum in ICAT: the computed one is recorded
+    assert data["files"][2]["crc32"] == format(zlib.crc32(b""), "x")
+    assert read_manifest(fs, f"{root}/{BASE}") == written
+    assert not [p for p in fs.find(root) if "pollcat-part" in p]
+
+
+def test_covers(target):
+    fs, root = target
+    manifest = deliver(fs, root)
+    js = jobs()
+    assert manifest.covers(js)
+    assert manifest.covers(js[:2])
+    extra = job(4, b"new", f"{BASE}/INV/1/ds/new.txt")
+    assert not manifest.covers([*js, extra])
+    assert not manifest.covers([replace(js[0], size=99)])
+    assert not manifest.covers([replace(js[0], checksum="1")])
+    assert not manifest.covers([replace(js[0], rel_path=f"{BASE}/elsewhere.txt")])
+    # ICAT's unpadded hex and a zero-padded one are the same CRC
+    assert manifest.covers([replace(js[1], checksum=js[1].checksum.zfill(8))])
+
+
+def test_absent_and_corrupt_manifests_are_none(target, caplog):
+    fs, root = target
+    assert read_manifest(fs, f"{root}/{BASE}") is None
+    fs.makedirs(f"{root}/{BASE}", exist_ok=True)
+    for junk in (b"{not json", b"[]", b'{"facility": "LILS"}', b"\xff\xfe",
+                 json.dumps({"facility": "x", "download_id": "NaN?", "file_name": "f",
+                             "user": "u", "transport": "t", "completed_at": "c",
+                             "files": []}).encode()):
+        fs.pipe(f"{root}/{BASE}/{MANIFEST_NAME}", junk)
+        with caplog.at_level(logging.WARNING, logger="pollcat.manifest"):
+            assert read_manifest(fs, f"{root}/{BASE}") is None
+    assert "unreadable manifest" in caplog.text
+
+
+def test_rewrite_replaces(target):
+    fs, root = target
+    deliver(fs, root)
+    second = write_manifest(fs, f"{root}/{BASE}", facility="LILS", download_id=42,
+                            file_name="my-download", user="alice", transport="sftp",
+                            files=[ManifestFile("x", 1, "1", 9)], rel_dir=BASE)
+    assert read_manifest(fs, f"{root}/{BASE}") == second
+    assert [p for p in fs.find(root) if MANIFEST_NAME in p] == [
+        f"{root}/{BASE}/{MANIFEST_NAME}".replace("//", "/")]
+
+
+def test_refusing_target(tmp_path):
+    class ReadOnly(LocalFileSystem):
+        def _open(self, path, mode="rb", **kwargs):
+            if "r" not in mode:
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return super()._open(path, mode, **kwargs)
+
+    with pytest.raises(TargetError):
+        write_manifest(ReadOnly(skip_instance_cache=True), str(tmp_path), facility="F",
+                       download_id=1, file_name="f", user="u", transport="t", files=[])
+    assert not (tmp_path / MANIFEST_NAME).exists()
+
+
+def test_manifest_files_refuses_paths_outside_base():
+    with pytest.raises(ValueError):
+        manifest_files([job(1, b"x", "bob/other/x")], BASE)
