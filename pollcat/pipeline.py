@@ -37,7 +37,7 @@ from pollcat.manifest import manifest_files, read_manifest, write_manifest
 from pollcat.sources import TransferContext, make_source
 from pollcat.state import StateStore
 from pollcat.topcat import Download
-from pollcat.transfer import FileJob, FileResult
+from pollcat.transfer import FileJob, FileResult, is_local
 
 log = logging.getLogger("pollcat.pipeline")
 
@@ -247,15 +247,16 @@ class Pipeline:
         n = next(i for i, p in enumerate(parts) if "{download}" in p or "{download_id}" in p)
         prefix = "/".join(parts[: n + 1])
         me = f"{self.cfg.facility.name} {d.id}"
+        local = is_local(fs)
         rel = render_path(prefix, fields)
-        claim = join_under(root, rel + "/" + CLAIM_NAME)
+        claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
         owner = _read_text(fs, claim)
         if owner is not None and owner != me:
             fields["download"] = f"{d.file_name}_{d.id}"
             rel = render_path(prefix, fields)
-            claim = join_under(root, rel + "/" + CLAIM_NAME)
+            claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
         if _read_text(fs, claim) is None:
-            fs.makedirs(join_under(root, rel), exist_ok=True)
+            fs.makedirs(join_under(root, rel, local=local), exist_ok=True)
             with fs.open(claim, "wb") as fh:
                 fh.write(me.encode())
         return rel

@@ -233,9 +233,10 @@ def _place(fs: Any, part: str, final: str, job: FileJob) -> None:
 
 
 def _fsync(out: Any) -> None:
-    """Best effort: the manifest will claim these bytes are on disk."""
+    """Flush (errors count), then fsync where there is a descriptor: the manifest will claim
+    these bytes are on disk."""
+    out.flush()
     try:
-        out.flush()
         os.fsync(out.fileno())
     except Exception:  # no fileno on remote/memory files (io.UnsupportedOperation, ...)
         pass

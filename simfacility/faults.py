@@ -72,11 +72,34 @@ class Fault:
         unknown = set(raw) - known
         if unknown:
             raise FaultError(f"fault: unknown keys {sorted(unknown)}")
+        if "kind" not in raw:
+            raise FaultError("fault: missing required key 'kind'")
         fault = cls(**raw)
         if fault.kind not in KINDS:
             raise FaultError(f"fault: unknown kind {fault.kind!r}; expected one of {sorted(KINDS)}")
         if fault.service not in SERVICES:
             raise FaultError(f"fault: unknown service {fault.service!r}")
+        # Check types now: a bad value stored here would break every later matching call.
+        for key, typ in (("status", int), ("after_bytes", int), ("count", int),
+                         ("seconds", float), ("probability", float)):
+            value = getattr(fault, key)
+            if value is None and key in ("count", "probability"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or (
+                    typ is int and value != int(value)):
+                raise FaultError(f"fault: {key} must be a number, not {value!r}")
+            setattr(fault, key, typ(value))
+        if fault.probability is not None and not 0.0 <= fault.probability <= 1.0:
+            raise FaultError(f"fault: probability must be within [0, 1], not {fault.probability}")
+        for key in ("endpoint", "message"):
+            if not isinstance(getattr(fault, key), str):
+                raise FaultError(f"fault: {key} must be a string")
+        if fault.method is not None and not isinstance(fault.method, str):
+            raise FaultError("fault: method must be a string")
+        if fault.code is not None and not isinstance(fault.code, str):
+            raise FaultError("fault: code must be a string")
+        if not isinstance(fault.params or {}, dict):
+            raise FaultError("fault: params must be a mapping of parameter name to value")
         fault.params = {str(k): str(v) for k, v in (fault.params or {}).items()}
         return fault
 
@@ -90,6 +113,8 @@ class FaultRegistry:
         self.log: list[dict[str, Any]] = []
 
     def add(self, raw: dict[str, Any], facility: SimFacility | None = None) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise FaultError(f"fault: a spec must be a JSON object, not {raw!r}")
         kind = raw.get("kind")
         if kind in STATE_KINDS:
             if facility is None:
@@ -231,6 +256,12 @@ class _StreamFaultSend:
         if self._done:
             return
         if message["type"] != "http.response.body":
+            if message["type"] == "http.response.start" and any(
+                    f.kind == "truncate" for f in self._faults):
+                # A short body can only end cleanly if no Content-Length promised more.
+                message = {**message, "headers": [
+                    (k, v) for k, v in message.get("headers", [])
+                    if k.lower() != b"content-length"]}
             return await self._send(message)
         body = message.get("body", b"")
         for f in self._faults:
