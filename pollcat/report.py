@@ -15,7 +15,11 @@ def table_rows(outcomes: Iterable[Outcome]) -> list[dict]:
 
 
 def format_table(outcomes: Iterable[Outcome]) -> str:
-    rows = table_rows(outcomes)
+    return format_rows(table_rows(outcomes))
+
+
+def format_rows(rows: list[dict]) -> str:
+    """A plain-text table of report rows (the CLI's and the demo's output)."""
     if not rows:
         return "nothing to do"
     cols = COLUMNS + ["path"]

@@ -78,12 +78,10 @@ def _statuses(requests, url: str) -> dict[int, str]:
 
 
 def _print_summary(rows: dict[int, dict], sim) -> None:
-    from pollcat.report import COLUMNS
+    from pollcat.report import format_rows
 
-    print("\n" + "  ".join(f"{c:>10}" if c != "reason" else c for c in COLUMNS[:-1]) + "  path")
-    for _, r in sorted(rows.items()):
-        vals = [str(r[c]) for c in COLUMNS[:-1]]
-        print("  ".join(f"{v:>10}" for v in vals) + "  " + r.get("path", ""))
+    print()
+    print(format_rows([rows[i] for i in sorted(rows)]))
     print(f"\ne-mails TopCAT sent: {len(sim.facility.mail_outbox)}")
     for m in sim.facility.mail_outbox:
         print(f"  to {m.get('to')}: {m.get('subject')}")

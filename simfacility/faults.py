@@ -7,7 +7,8 @@ with `probability`, or (neither given) on every call. Kinds:
 
 - `error`: answer `status` with the service's own error JSON (`code`, `message` optional);
 - `latency`: wait `seconds` before handling;
-- `stall`: send the headers, then no body bytes for `seconds`;
+- `stall`: send the headers (and the first `after_bytes` body bytes), then nothing for
+  `seconds`;
 - `reset`: drop the connection after `after_bytes` body bytes;
 - `truncate`: end the body cleanly after `after_bytes` bytes;
 - `corrupt`: flip the byte at offset `after_bytes` of the body.
@@ -264,11 +265,18 @@ class _StreamFaultSend:
                     if k.lower() != b"content-length"]}
             return await self._send(message)
         body = message.get("body", b"")
-        for f in self._faults:
-            if f.kind == "stall" and not self._stalled:
-                self._stalled = True
-                await asyncio.sleep(f.seconds)
         start, end = self._sent, self._sent + len(body)
+        for f in self._faults:
+            if f.kind == "stall" and not self._stalled and (end > f.after_bytes or not body):
+                self._stalled = True
+                head = body[: max(0, f.after_bytes - start)]
+                if head:  # send what comes before the stall point, then go quiet
+                    await self._send({"type": "http.response.body", "body": head,
+                                      "more_body": True})
+                    self._sent += len(head)
+                    body = body[len(head):]
+                    start = self._sent
+                await asyncio.sleep(f.seconds)
         for f in self._faults:
             if f.kind == "corrupt" and start <= f.after_bytes < end:
                 i = f.after_bytes - start

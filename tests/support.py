@@ -92,4 +92,4 @@ def delivered_files(root: Path) -> dict[str, Path]:
     """Relative path → file for everything under root except pollcat's own markers."""
     return {str(p.relative_to(root)): p for p in root.rglob("*")
             if p.is_file() and not p.name.startswith(".pollcat") and
-            p.name != "pollcat-manifest.json"}
+            not p.name.endswith(".pollcat-part") and p.name != "pollcat-manifest.json"}

@@ -57,13 +57,15 @@ def get_data(sim, sid: str, name: str, **kwargs: Any) -> requests.Response:
     return requests.get(f"{sim.url}/ids/getData", params=params, timeout=30, **kwargs)
 
 
-def wait_for(pred, timeout: float = 10.0) -> Any:
+def poll_is_prepared(sim, prepared_id: str, timeout: float = 10.0) -> requests.Response:
+    """isPrepared until it is an error or `true` (a restore takes ~0.2 s here)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
+        r = requests.get(f"{sim.url}/ids/isPrepared", params={"preparedId": prepared_id},
+                         timeout=10)
+        if r.status_code != 200 or r.text == "true":
+            return r
+        assert time.monotonic() < deadline, "isPrepared stayed false"
         time.sleep(0.05)
 
 
@@ -357,17 +359,12 @@ def test_fail_restore(two_level):
                         timeout=10).text
     good = requests.post(f"{ids}/prepareData", data={"sessionId": sid, "datasetIds": run43},
                          timeout=10).text
-
-    def failed() -> requests.Response | None:
-        r = requests.get(f"{ids}/isPrepared", params={"preparedId": bad}, timeout=10)
-        return r if r.status_code != 200 else None
-
-    r = wait_for(failed)
+    r = poll_is_prepared(sim, bad)
     assert r.status_code == 500
     assert r.json() == {"code": "InternalException", "message": "Restore failed"}
     # only the matching unit failed
-    wait_for(lambda: requests.get(f"{ids}/isPrepared", params={"preparedId": good},
-                                  timeout=10).text == "true")
+    r = poll_is_prepared(sim, good)
+    assert (r.status_code, r.text) == (200, "true")
 
 
 # -- spec validation and scenario faults ---------------------------------------------------------
@@ -424,6 +421,6 @@ def test_scenario_faults_apply_at_start_up(make_sim):
     pid = requests.post(f"{sim.url}/ids/prepareData",
                         data={"sessionId": sid, "datasetIds": dataset_id(sim, "run-43")},
                         timeout=10).text
-    r = wait_for(lambda: (lambda resp: resp if resp.status_code != 200 else None)(
-        requests.get(f"{sim.url}/ids/isPrepared", params={"preparedId": pid}, timeout=10)))
+    r = poll_is_prepared(sim, pid)
+    assert r.status_code == 500
     assert r.json() == {"code": "InternalException", "message": "Restore failed"}
