@@ -5,11 +5,15 @@ transfer is measured."""
 from __future__ import annotations
 
 import json
+import shutil
+import statistics
 import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
+
+import requests
 
 from bench.common import curl_speed, login, sim_process
 
@@ -31,43 +35,60 @@ def scenario(size: int) -> dict:
     }
 
 
-def main(size: int = GIB) -> dict:
+def _pollcat_once(url: str, work: Path, size: int, checksum: str, n: int):
     from pollcat.config import FacilityConfig, PipelineConfig, TargetConfig
     from pollcat.pipeline import Pipeline
 
+    target = work / f"target{n}"
+    cfg = PipelineConfig(
+        facility=FacilityConfig(name="BENCH", icat_url=url, ids_url=url, topcat_url=url,
+                                username="pollcat", password="pollpass", timeout_s=120),
+        routes={"globus": TargetConfig(url=f"file://{target}")},
+        state_dir=work / f"state{n}", poll_budget_s=30)
+    pipe = Pipeline(cfg)
+    t0 = time.monotonic()
+    (out,) = pipe.sweep()
+    wall = time.monotonic() - t0
+    pipe.clients.close()
+    assert out.outcome == "completed", out
+    delivered = next(target.rglob("big.raw"))
+    crc = 0
+    with open(delivered, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    assert int(checksum, 16) == crc and delivered.stat().st_size == size
+    shutil.rmtree(target)
+    return out, wall
+
+
+def main(size: int = GIB, rounds: int = 3) -> dict:
+    """Alternate curl and pollcat `rounds` times against one simulator; report medians."""
     work = Path(tempfile.mkdtemp(prefix="pollcat-tput-"))
-    with sim_process(scenario(size)) as (url, startup):
+    curl, moved, walls = [], [], []
+    with sim_process(scenario(size)) as (url, _startup):
         sid = login(url, "pollcat", "pollpass")
-        rows = __import__("requests").get(f"{url}/icat/entityManager", params={
+        rows = requests.get(f"{url}/icat/entityManager", params={
             "sessionId": sid, "query": "SELECT df FROM Datafile df"}, timeout=30).json()
         df = rows[0]["Datafile"]
         get_url = f"{url}/ids/getData?sessionId={sid}&datafileIds={df['id']}"
-        curl_out = work / "curl.raw"
-        curl_bps, curl_bytes = curl_speed(get_url, str(curl_out))
-        curl_out.unlink()
-        cfg = PipelineConfig(
-            facility=FacilityConfig(name="BENCH", icat_url=url, ids_url=url, topcat_url=url,
-                                    username="pollcat", password="pollpass", timeout_s=120),
-            routes={"globus": TargetConfig(url=f"file://{work / 'target'}")},
-            state_dir=work / "state", poll_budget_s=30)
-        pipe = Pipeline(cfg)
-        t0 = time.monotonic()
-        outcomes = pipe.sweep()
-        wall = time.monotonic() - t0
-        pipe.clients.close()
-        (out,) = outcomes
-        assert out.outcome == "completed", out
-        delivered = next((work / "target").rglob("big.raw"))
-        crc = 0
-        with open(delivered, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                crc = zlib.crc32(chunk, crc)
-        assert int(df["checksum"], 16) == crc and delivered.stat().st_size == size
+        for n in range(rounds):
+            curl_out = work / "curl.raw"
+            bps, nbytes = curl_speed(get_url, str(curl_out))
+            assert nbytes == size
+            curl_out.unlink()
+            curl.append(bps / 1e6)
+            out, wall = _pollcat_once(url, work, size, df["checksum"], n)
+            moved.append(out.mb_per_s)
+            walls.append(wall)
+    shutil.rmtree(work, ignore_errors=True)
     result = {
-        "bytes": size, "curl_MBps": round(curl_bps / 1e6, 1), "curl_bytes": curl_bytes,
-        "pollcat_transfer_MBps": round(out.mb_per_s, 1), "pollcat_transfer_s": round(
-            out.seconds, 2), "pollcat_sweep_wall_s": round(wall, 2),
-        "ratio_vs_curl": round(out.mb_per_s * 1e6 / curl_bps, 2),
+        "bytes": size, "rounds": rounds,
+        "curl_o_MBps": [round(x, 1) for x in curl],
+        "pollcat_MBps": [round(x, 1) for x in moved],
+        "pollcat_sweep_wall_s": [round(x, 2) for x in walls],
+        "median_curl_o_MBps": round(statistics.median(curl), 1),
+        "median_pollcat_MBps": round(statistics.median(moved), 1),
+        "median_ratio": round(statistics.median(moved) / statistics.median(curl), 2),
     }
     print(json.dumps(result, indent=1))
     return result

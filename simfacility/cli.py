@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+import yaml
+
 from simfacility.scenario import ScenarioError
 from simfacility.server import RunningFacility
 
@@ -27,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sim = RunningFacility(args.scenario, args.data_dir, host=args.host, port=args.port,
                               log_level="warning").start()
-    except (ScenarioError, OSError) as exc:
+    except (ScenarioError, OSError, ValueError, yaml.YAMLError, RuntimeError) as exc:
+        # ValueError: a wrongly typed value (`size: big`); YAMLError: syntax;
+        # RuntimeError: the server could not start (e.g. the port is in use)
         print(f"pollcat-sim: {exc}", file=sys.stderr)
         return 2
     n = len(sim.store.datafiles)

@@ -502,8 +502,11 @@ class TopcatState:
     def start(self, base_url: str) -> None:
         """Submit the scenario's downloads over HTTP, then start StatusCheck."""
         self._stop.clear()
+        http = requests.Session()  # keep-alive: 1,000 scenario downloads start in seconds
+        logins: dict[str, str] = {}
         for i, raw in enumerate(self.fac.config.downloads):
-            self._submit_scenario_download(base_url, raw, f"downloads[{i}]")
+            self._submit_scenario_download(base_url, raw, f"downloads[{i}]", http, logins)
+        http.close()
         if self.config.status_check:
             self._thread = threading.Thread(target=self._run, name="topcat-statuscheck",
                                             daemon=True)
@@ -516,23 +519,27 @@ class TopcatState:
             self._thread = None
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _submit_scenario_download(self, base_url: str, raw: dict[str, Any], where: str) -> None:
-        """Log in as the user and go through the cart exactly as the TopCAT web UI would."""
+    def _submit_scenario_download(self, base_url: str, raw: dict[str, Any], where: str,
+                                  http: requests.Session, logins: dict[str, str]) -> None:
+        """Log in as the user (once) and go through the cart exactly as the TopCAT web UI
+        would."""
         user = self._scenario_user(raw, where)
         items = ", ".join(f"{t} {i}" for t, i in self._scenario_items(raw, where))
         plugin, _, bare = user.name.partition("/") if "/" in user.name else ("simple", "",
                                                                                user.name)
-        sid = IcatClient(base_url).login(plugin, bare, user.password)
+        if user.name not in logins:
+            logins[user.name] = IcatClient(base_url).login(plugin, bare, user.password)
+        sid = logins[user.name]
         facility = self.fac.config.facility
         cart_url = f"{base_url}/topcat/user/cart/{facility}"
-        resp = requests.post(f"{cart_url}/cartItems", timeout=30,
-                             data={"sessionId": sid, "items": items})
+        resp = http.post(f"{cart_url}/cartItems", timeout=30,
+                         data={"sessionId": sid, "items": items})
         resp.raise_for_status()
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         form = {"sessionId": sid, "transport": raw.get("transport", "https"),
                 "fileName": raw.get("file_name") or f"{facility}_{stamp}",
                 "email": raw.get("email") or "", "zipType": "ZIP"}
-        resp = requests.post(f"{cart_url}/submit", timeout=60, data=form)
+        resp = http.post(f"{cart_url}/submit", timeout=60, data=form)
         if resp.status_code != 200 or "downloadId" not in resp.json():
             raise ScenarioError(f"{where}: TopCAT refused the download: {resp.text}")
 

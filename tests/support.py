@@ -37,11 +37,16 @@ def statuses(url: str) -> dict[int, str]:
 
 
 def pipeline_for(sim, tmp_path: Path, *, transports=("globus",), state_dir: Path | None = None,
-                 facility_kw: dict | None = None, **target_kw: Any) -> Pipeline:
+                 facility_kw: dict | None = None, target_url: str | None = None,
+                 **target_kw: Any) -> Pipeline:
+    """A pipeline against `sim`; each transport's target is `<base>/<transport>`, where the base
+    is `file://<tmp_path>/target` unless `target_url` (e.g. an `sftp://` URL) is given.
+    `target_kw` go to every TargetConfig (`storage_options`, `source`, ...)."""
+    base = target_url.rstrip("/") if target_url else f"file://{tmp_path / 'target'}"
     fac = FacilityConfig(name="LILS", icat_url=sim.url, ids_url=sim.url, topcat_url=sim.url,
                          username="pollcat", password="pollpass", timeout_s=10,
                          **(facility_kw or {}))
-    routes = {t: TargetConfig(url=f"file://{tmp_path / 'target' / t}", **target_kw)
+    routes = {t: TargetConfig(url=f"{base}/{t}", **target_kw)
               for t in transports}
     cfg = PipelineConfig(facility=fac, routes=routes, state_dir=state_dir or tmp_path / "state",
                          poll_budget_s=5.0, max_prepare_attempts=3)
