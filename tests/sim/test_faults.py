@@ -253,6 +253,23 @@ def test_stall_sends_headers_then_holds_the_body(single):
     assert body == expected  # a stall delays, it does not damage
 
 
+def test_stall_after_bytes_goes_quiet_mid_body(single):
+    sid = login(single)
+    expected = expected_bytes(single, "scan_0001.nxs")
+    add_faults(single, {"kind": "stall", "service": "ids", "endpoint": "getData",
+                        "after_bytes": 4096, "seconds": 1.0, "count": 1})
+    t0 = time.monotonic()
+    r = get_data(single, sid, "scan_0001.nxs", stream=True)
+    head = r.raw.read(4096)
+    t_head = time.monotonic() - t0
+    rest = r.raw.read()
+    t_rest = time.monotonic() - t0
+    r.close()
+    assert head == expected[:4096] and t_head < 0.5, t_head
+    assert t_rest >= 1.0, t_rest
+    assert head + rest == expected
+
+
 def _read_until_broken(r: requests.Response) -> tuple[bytes, Exception | None]:
     got = bytearray()
     try:
