@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from pollcat import logsafe
 from pollcat.errors import ConfigurationError, PermanentServiceError, SessionError
 from pollcat.http import new_session, request
 
@@ -30,6 +31,8 @@ class IcatSession:
         self.auth = auth
         self.username = username
         self._password = password
+        logsafe.register_secret(password)
+        logsafe.install()
         self.timeout = timeout
         self.refresh_margin = refresh_margin_minutes
         self._http = new_session(verify)
@@ -59,6 +62,7 @@ class IcatSession:
                 f"ICAT refused the functional account {self.auth}/{self.username}: "
                 f"{exc.message}", service=SERVICE, status=exc.status, code=exc.code) from None
         self._sid = resp.json()["sessionId"]
+        logsafe.register_secret(self._sid)
         info = self._request("GET", f"session/{self._sid}").json()
         self.user_name = info["userName"]
         self._expires_at = time.monotonic() + 60.0 * float(info["remainingMinutes"])
