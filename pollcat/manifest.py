@@ -16,7 +16,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pollcat.transfer import FileJob, FileResult, format_crc, parse_crc, target_errors
+from pollcat.transfer import (
+    FileJob,
+    FileResult,
+    format_crc,
+    make_dirs,
+    parse_crc,
+    target_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +144,7 @@ def write_manifest(fs: Any, dir: str, *, facility: str, download_id: int, file_n
     final = posixpath.join(dir, MANIFEST_NAME)
     temp = posixpath.join(dir, f".{MANIFEST_NAME}.pollcat-part")
     with target_errors(final):
-        fs.makedirs(dir, exist_ok=True)
+        make_dirs(fs, dir)
         with fs.open(temp, "wb") as f:
             f.write(body)
         if fs.exists(final):

@@ -37,7 +37,7 @@ from pollcat.manifest import manifest_files, read_manifest, write_manifest
 from pollcat.sources import TransferContext, make_source
 from pollcat.state import StateStore
 from pollcat.topcat import Download
-from pollcat.transfer import FileJob, FileResult, is_local
+from pollcat.transfer import FileJob, FileResult, is_local, make_dirs, target_errors
 
 log = logging.getLogger("pollcat.pipeline")
 
@@ -250,15 +250,16 @@ class Pipeline:
         local = is_local(fs)
         rel = render_path(prefix, fields)
         claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
-        owner = _read_text(fs, claim)
-        if owner is not None and owner != me:
-            fields["download"] = f"{d.file_name}_{d.id}"
-            rel = render_path(prefix, fields)
-            claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
-        if _read_text(fs, claim) is None:
-            fs.makedirs(join_under(root, rel, local=local), exist_ok=True)
-            with fs.open(claim, "wb") as fh:
-                fh.write(me.encode())
+        with target_errors(claim):  # the first write to the target: a refusal expires it
+            owner = _read_text(fs, claim)
+            if owner is not None and owner != me:
+                fields["download"] = f"{d.file_name}_{d.id}"
+                rel = render_path(prefix, fields)
+                claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
+            if _read_text(fs, claim) is None:
+                make_dirs(fs, join_under(root, rel, local=local))
+                with fs.open(claim, "wb") as fh:
+                    fh.write(me.encode())
         return rel
 
     # ---------------------------------------------------------------- deliver

@@ -22,6 +22,7 @@ import http.client
 import logging
 import os
 import posixpath
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -162,6 +163,44 @@ def _paths(fs: Any, root: str, job: FileJob) -> tuple[str, str]:
     return final, part_name(final)
 
 
+#: SFTP status codes (draft-ietf-secsh-filexfer) → errno. OpenSSH speaks SFTP v3, where every
+#: errno but ENOENT/EACCES/EPERM becomes the generic FX_FAILURE (4), see `_sftp_errno`.
+_SFTP_ERRNO = {2: errno.ENOENT, 3: errno.EACCES, 10: errno.ENOENT, 11: errno.EEXIST,
+               12: errno.EROFS, 14: errno.ENOSPC, 15: errno.EDQUOT, 18: errno.ENOTEMPTY,
+               19: errno.ENOTDIR, 20: errno.EINVAL, 21: errno.ELOOP, 22: errno.EACCES,
+               24: errno.EISDIR}
+
+
+def _sftp_errno(code: int, reason: str) -> int:
+    if code in _SFTP_ERRNO:
+        return _SFTP_ERRNO[code]
+    if code == 4 and reason.endswith("is not a directory"):  # asyncssh's makedirs, SFTP v3
+        return errno.ENOTDIR
+    if code == 4 and reason.endswith("already exists"):
+        return errno.EEXIST
+    return errno.EIO  # FX_FAILURE "Failure" may be a full disk or a glitch: retried
+
+
+def as_os_error(exc: BaseException) -> OSError | None:
+    """`exc` as an OSError when it is a filesystem failure; None if it is something else.
+
+    sshfs lets most of asyncssh's SFTP errors through unchanged (only "no such file" becomes
+    FileNotFoundError): they carry an SFTP status code, not an errno, and are no OSErrors. A
+    lost SSH connection becomes ECONNRESET (transient).
+    """
+    if isinstance(exc, OSError):
+        return exc
+    asyncssh = sys.modules.get("asyncssh")  # only loaded when an SFTP target is in use
+    if asyncssh is None or not isinstance(exc, asyncssh.Error):
+        return None
+    reason = str(getattr(exc, "reason", "") or exc)
+    if isinstance(exc, asyncssh.SFTPError):
+        code = _sftp_errno(exc.code, reason)
+    else:  # DisconnectError, ConnectionLost, ChannelOpenError, ...
+        code = errno.ECONNRESET
+    return OSError(code, reason or os.strerror(code))
+
+
 def _target_error(exc: OSError, path: str, datafile: str | None) -> PollcatError:
     """Permissions, read-only, full: permanent TargetError; anything else may be a network fs."""
     if isinstance(exc, PermissionError) or exc.errno in _TARGET_REFUSALS:
@@ -171,11 +210,42 @@ def _target_error(exc: OSError, path: str, datafile: str | None) -> PollcatError
 
 @contextmanager
 def target_errors(path: str, datafile: str | None = None) -> Iterator[None]:
-    """Turn OSErrors from target operations into TargetError (refusals) / TransientError."""
+    """Turn OSErrors (and SFTP errors, see `as_os_error`) from target operations into
+    TargetError (refusals) / TransientError."""
     try:
         yield
     except OSError as exc:
         raise _target_error(exc, path, datafile) from exc
+    except Exception as exc:
+        os_error = as_os_error(exc)
+        if os_error is None:
+            raise
+        raise _target_error(os_error, path, datafile) from exc
+
+
+def make_dirs(fs: Any, path: str) -> None:
+    """`fs.makedirs(path, exist_ok=True)`, reporting why when a missing parent is refused.
+
+    Over SFTP, asyncssh's makedirs passes over a parent it may not create and then fails on
+    the next one with "No such file", which would look transient. Then the first missing
+    ancestor is created on its own, so the real refusal ("Permission denied: '<dir>'") shows.
+    """
+    try:
+        fs.makedirs(path, exist_ok=True)
+        return
+    except FileNotFoundError:
+        missing = path
+        while (parent := posixpath.dirname(missing)) not in ("", missing) \
+                and not fs.exists(parent):
+            missing = parent
+        try:
+            fs.mkdir(missing, create_parents=False)
+        except Exception as exc:
+            os_error = as_os_error(exc)
+            if os_error is None or os_error.errno in (errno.ENOENT, errno.EEXIST):
+                raise
+            raise OSError(os_error.errno, os_error.strerror, missing) from exc
+    fs.makedirs(path, exist_ok=True)  # the parent could be made after all (a race)
 
 
 def _target(path: str, job: FileJob) -> AbstractContextManager[None]:
@@ -233,13 +303,21 @@ def _place(fs: Any, part: str, final: str, job: FileJob) -> None:
 
 
 def _fsync(out: Any) -> None:
-    """Flush (errors count), then fsync where there is a descriptor: the manifest will claim
-    these bytes are on disk."""
+    """Flush (errors count), then fsync where there is a descriptor, or remotely where the
+    file offers it (sshfs: OpenSSH's fsync@openssh.com): the manifest will claim these bytes
+    are on disk."""
     out.flush()
     try:
         os.fsync(out.fileno())
+        return
     except Exception:  # no fileno on remote/memory files (io.UnsupportedOperation, ...)
         pass
+    remote_fsync = getattr(out, "fsync", None)
+    if callable(remote_fsync):
+        try:
+            remote_fsync()
+        except Exception as exc:  # a server without the extension: as good as we can do
+            log.debug("remote fsync failed: %s", exc)
 
 
 # --- the streaming writer -------------------------------------------------------------------
@@ -409,7 +487,7 @@ def write_file(fs: Any, root: str, job: FileJob, *, chunk: int = DEFAULT_CHUNK,
     if job.open is None:
         raise ValueError(f"job for {job.name!r} has no source to open")
     with _target(final, job):
-        fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        make_dirs(fs, posixpath.dirname(final))
     writer = _PartWriter(fs, part, job, on_progress)
     try:
         resumed = int(writer.start(chunk))
@@ -451,7 +529,7 @@ def write_stream_entry(fs: Any, root: str, job: FileJob, chunks: Iterable[bytes]
         return FileResult(job.datafile_id, job.rel_path, job.size,
                           time.monotonic() - started, crc, skipped=True)
     with _target(final, job):
-        fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        make_dirs(fs, posixpath.dirname(final))
     writer = _PartWriter(fs, part, job, None)
     try:
         writer.truncate()

@@ -126,12 +126,15 @@ def test_unsafe_datafile_name_expires_only_that_download(make_sim, tmp_path):
 
 def test_broken_connection_resumes_with_range(make_sim, tmp_path):
     sim = make_sim(scenario(downloads=[ALICE_RUN42]))
+    scan = next(df for df in sim.store.datafiles.values() if df.name == "scan_0001.nxs")
     sim.add_fault(kind="reset", service="ids", endpoint="getData", after_bytes=300_000,
-                  count=1)
+                  count=1, params={"datafileIds": str(scan.id)})  # the 1 MiB file, not readme
     pipe = pipeline_for(sim, tmp_path)
-    sweep_until_complete(pipe, sim.url)
+    history = sweep_until_complete(pipe, sim.url)
     log = sim.facility.faults.log
-    assert any(e.get("kind") == "reset" for e in log)
+    assert [e.get("kind") for e in log] == ["reset"]
+    done = [o for sweep in history for o in sweep if o.outcome == "completed"]
+    assert [o.bytes for o in done] == [scan.size + 5]  # resumed in place: nothing fetched twice
     _check_delivery(tmp_path / "target/globus", sim, {
         "alice/alice_run42/INV-001/1/run-42/scan_0001.nxs": "scan_0001.nxs",
         "alice/alice_run42/INV-001/1/run-42/notes/readme.txt": "notes/readme.txt"})
