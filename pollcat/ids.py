@@ -29,7 +29,6 @@ from pollcat.errors import (
     RestoreFailed,
     ResumeNotSupported,
     TransientServiceError,
-    TruncatedStream,
 )
 
 T = TypeVar("T")
@@ -114,18 +113,10 @@ class RangedResponse:
 
     def read(self, n: int = -1) -> bytes:
         try:
-            data = self._resp.read(n)
+            return self._resp.read(n)
         except TimeoutError as exc:
             raise TransientServiceError("IDS stream stalled (read timeout)",
                                         service=SERVICE) from exc
-        missing = getattr(self._resp, "length", None)
-        if not data and n != 0 and missing:
-            # http.client returns b"" when the server closes before Content-Length bytes
-            # (CPython keeps that for compatibility); a short body is a broken connection,
-            # to be resumed with Range, not the end of the file.
-            raise TruncatedStream(f"IDS closed the connection {missing} bytes before the end "
-                                  "of the body", service=SERVICE)
-        return data
 
     def close(self) -> None:
         self._resp.close()

@@ -38,6 +38,7 @@ from pollcat.errors import (
     SizeMismatch,
     TargetError,
     TransientError,
+    TruncatedStream,
     VerificationError,
 )
 from pollcat.layout import NAME_MAX, join_under
@@ -451,7 +452,15 @@ def _fetch(writer: _PartWriter, job: FileJob, chunk: int, max_resumes: int) -> i
         src = None
         try:
             src = _open_source(job, writer.offset)
+            began = writer.offset
             writer.copy(_read_source(src, chunk))
+            if began < writer.offset < job.size:
+                # A clean end before the size ICAT knows, after progress: the connection was
+                # cut (http.client returns b"" when a body stops short of Content-Length).
+                # Resume; a source that ends there again without progress really is short,
+                # and the size check in _verify says so.
+                raise _SourceBroken(TruncatedStream(
+                    f"source ended at byte {writer.offset} of {job.size}", datafile=job.name))
             return reopened
         except ResumeNotSupported as exc:
             if writer.offset == 0:
