@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pollcat.errors import ConfigurationError
-from pollcat.layout import DEFAULT_LAYOUT
+from pollcat.layout import DEFAULT_LAYOUT, download_template
 
 SOURCES = ("direct", "prepared-zip", "storage")
 
@@ -76,10 +76,12 @@ class TargetConfig:
             raise ConfigurationError("source=storage needs storage_url (the IDS main storage)")
         if not 1 <= self.concurrency <= 256:
             raise ConfigurationError(f"concurrency must be 1..256, got {self.concurrency}")
-        if "{download}" not in self.layout and "{download_id}" not in self.layout:
+        prefix = download_template(self.layout)
+        if "{download}" not in prefix and "{download_id}" not in prefix:
             raise ConfigurationError(
-                "the layout must contain {download} or {download_id}: each download needs "
-                "its own directory for its manifest")
+                "the layout must start with directories that name the download ({download} "
+                "or {download_id}) before any per-file field: each download needs its own "
+                "directory for its manifest")
 
 
 @dataclass(frozen=True)

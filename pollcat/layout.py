@@ -145,12 +145,11 @@ def render_path(template: str, fields: Mapping[str, object]) -> str:
     return check_relpath(rel)
 
 
-def download_dir(template: str, fields: Mapping[str, object]) -> str:
-    """The download's own directory: the leading template components that use download fields.
+def download_template(template: str) -> str:
+    """The leading template components that use only download-level fields.
 
-    With the default layout this is `{user}/{download}`: the place for the manifest. Returns
-    "" when the template starts with a per-file field (then the manifest would be shared by all
-    downloads; callers should use a layout with a download-level prefix).
+    With the default layout this is `{user}/{download}`: the download's own directory, where its
+    claim and manifest live. "" when the template starts with a per-file field.
     """
     template_fields(template)
     kept = []
@@ -159,9 +158,13 @@ def download_dir(template: str, fields: Mapping[str, object]) -> str:
         if used & FILE_FIELDS:
             break
         kept.append(part)
-    if not kept:
-        return ""
-    return render_path("/".join(kept), fields)
+    return "/".join(kept)
+
+
+def download_dir(template: str, fields: Mapping[str, object]) -> str:
+    """The download's own directory rendered (see `download_template`); "" if there is none."""
+    prefix = download_template(template)
+    return render_path(prefix, fields) if prefix else ""
 
 
 # --- users ----------------------------------------------------------------------------------

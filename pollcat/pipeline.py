@@ -32,7 +32,7 @@ from pollcat.errors import (
     UnsafePathError,
 )
 from pollcat.facility import FacilityClients
-from pollcat.layout import join_under, map_user, render_path
+from pollcat.layout import download_template, join_under, map_user, render_path
 from pollcat.manifest import manifest_files, read_manifest, write_manifest
 from pollcat.sources import TransferContext, make_source
 from pollcat.state import StateStore
@@ -243,9 +243,7 @@ class Pipeline:
                             fields: dict) -> str:
         """The download's own directory; a second download with the same fileName by the same
         user gets `<fileName>_<id>` instead of mixing files (deterministically, on every run)."""
-        parts = target.layout.split("/")
-        n = next(i for i, p in enumerate(parts) if "{download}" in p or "{download_id}" in p)
-        prefix = "/".join(parts[: n + 1])
+        prefix = download_template(target.layout)  # TargetConfig ensures it names the download
         me = f"{self.cfg.facility.name} {d.id}"
         local = is_local(fs)
         rel = render_path(prefix, fields)
