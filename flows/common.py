@@ -25,10 +25,15 @@ def run_downloads(pipeline: Pipeline, downloads: list[Download],
                   poll_budget_s: float | None = None) -> list[Outcome]:
     """prepare.map → poll → deliver; a failed step ends only its own download's chain."""
     outcomes: dict[int, Outcome] = {}
-    prepared_f = prepare.map(unmapped(pipeline), downloads)
+    for d in downloads:
+        settled = pipeline.settled(d)
+        if settled is not None:
+            outcomes[d.id] = settled
+    todo = [d for d in downloads if d.id not in outcomes]
+    prepared_f = prepare.map(unmapped(pipeline), todo)
     wait(prepared_f)
     polls = {}
-    for d, f in zip(downloads, prepared_f, strict=True):
+    for d, f in zip(todo, prepared_f, strict=True):
         if f.state.is_completed():
             polls[d.id] = (d, f.result(), poll.submit(pipeline, d, f.result(), poll_budget_s))
         else:

@@ -366,6 +366,14 @@ class Pipeline:
             return self._outcome(d, "retry", reason)
         return self.expire(d, reason)
 
+    def settled(self, d: Download) -> Outcome | None:
+        """A download pollcat already gave up on is not worked on again; TopCAT only still
+        offers it if setting EXPIRED failed, so that call is what gets retried."""
+        rec = self.state.get(d.id)
+        if rec.get("outcome") != "expired":
+            return None
+        return self.expire(d, rec.get("reason") or "expired earlier by pollcat")
+
     def waiting(self, d: Download) -> Outcome:
         return self._outcome(d, "waiting", "the IDS is still restoring the data")
 
@@ -392,9 +400,10 @@ class Pipeline:
     def run_one(self, d: Download, poll_budget_s: float | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> Outcome:
         """prepare → poll → deliver for one download; never raises for the download's faults."""
+        settled = self.settled(d)
+        if settled is not None:
+            return settled
         try:
-            if self.state.get(d.id).get("outcome") == "expired":
-                return self._outcome(d, "skipped", "expired earlier by pollcat")
             prepared = self.prepare(d)
             if not self.poll(d, prepared, poll_budget_s):
                 return self.waiting(d)

@@ -52,3 +52,22 @@ def test_expired_icat_session_is_replaced(make_sim, tmp_path):
     (out,) = pipe.sweep()
     assert out.outcome == "completed", out
     assert statuses(sim.url) == {1: "COMPLETE"}
+
+
+def test_refused_expired_is_set_on_the_next_sweep(make_sim, tmp_path):
+    scn = scenario(downloads=[ALICE])
+    scn["investigations"][0]["datasets"][0]["datafiles"].append(
+        {"name": "../escape", "content": "x"})  # a permanent error
+    sim = make_sim(scn)
+    wait_status(sim.url, "RESTORING")
+    sim.add_fault(kind="error", service="topcat", endpoint="admin/download/*/status",
+                  method="PUT", status=500, count=1, message="database is down")
+    pipe = pipeline_for(sim, tmp_path)
+    (first,) = pipe.sweep()
+    assert first.outcome == "retry" and "database is down" in first.reason
+    assert statuses(sim.url) == {1: "RESTORING"}
+    (second,) = pipe.sweep()  # the verdict stands; only the EXPIRED call is repeated
+    assert second.outcome == "expired" and "../escape" in second.reason
+    assert statuses(sim.url) == {1: "EXPIRED"}
+    assert pipe.sweep() == []
+    assert not delivered_files(tmp_path / "target/globus")
