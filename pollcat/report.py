@@ -11,7 +11,11 @@ COLUMNS = ["download_id", "user", "transport", "files", "bytes", "seconds", "MB/
 
 
 def table_rows(outcomes: Iterable[Outcome]) -> list[dict]:
-    return [{k: o.row()[k] for k in COLUMNS} | {"path": o.path} for o in outcomes]
+    rows = []
+    for o in outcomes:
+        row = o.row()
+        rows.append({k: row[k] for k in COLUMNS} | {"path": o.path})
+    return rows
 
 
 def format_table(outcomes: Iterable[Outcome]) -> str:
