@@ -14,13 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from fsspec.core import url_to_fs
-
-from pollcat import catalog
-from pollcat.config import PipelineConfig, TargetConfig
+from pollcat.config import PipelineConfig
+from pollcat.delivery import DeliveryPlan, plan_delivery, transfer_unless_delivered
 from pollcat.errors import (
     DeliveryLocked,
     NotReady,
@@ -29,19 +27,13 @@ from pollcat.errors import (
     PreparedIdUnknown,
     RestoreFailed,
     TransientError,
-    UnsafePathError,
 )
 from pollcat.facility import FacilityClients
-from pollcat.layout import download_template, join_under, map_user, render_path
-from pollcat.manifest import manifest_files, read_manifest, write_manifest
-from pollcat.sources import TransferContext, make_source
 from pollcat.state import StateStore
 from pollcat.topcat import Download
-from pollcat.transfer import FileJob, FileResult, is_local, make_dirs, target_errors
+from pollcat.transfer import FileResult
 
 log = logging.getLogger("pollcat.pipeline")
-
-CLAIM_NAME = ".pollcat-claim"
 
 
 @dataclass
@@ -74,17 +66,6 @@ class Outcome:
         d["MB/s"] = round(self.mb_per_s, 1)
         d["seconds"] = round(self.seconds, 2)
         return d
-
-
-@dataclass
-class DeliveryPlan:
-    download: Download
-    target: TargetConfig
-    fs: object
-    root: str
-    download_dir: str
-    jobs: list[FileJob] = field(default_factory=list)
-    infos: dict = field(default_factory=dict)
 
 
 def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3):
@@ -204,62 +185,6 @@ class Pipeline:
             time.sleep(min(delay, remaining))
         return False
 
-    # ---------------------------------------------------------------- plan
-    def plan(self, d: Download, prepared_id: str) -> DeliveryPlan:
-        target = self.cfg.routes[d.transport]
-        fs, root = url_to_fs(target.url, **target.storage_options)
-        root = root.rstrip("/") or "/"
-        user = map_user(d.user_name, target.user_rule, target.user_map)
-        fields = {"user": user, "download": d.file_name, "download_id": str(d.id),
-                  "facility": self.cfg.facility.name, "transport": d.transport}
-        try:
-            download_dir = self._claim_download_dir(d, target, fs, root, fields)
-        except UnsafePathError as exc:
-            raise exc.with_context(download_id=d.id, datafile=None) from None
-        ids = self.clients.ids_for(d.transport)
-        df_ids = ids.datafile_ids(prepared_id)
-        infos = catalog.datafiles(self.clients.icat, df_ids, download_id=d.id)
-        plan = DeliveryPlan(d, target, fs, root, download_dir,
-                            infos={i.id: i for i in infos})
-        seen: dict[str, str] = {}
-        for info in infos:
-            f = dict(fields, investigation=info.investigation, visit=info.visit,
-                     dataset=info.dataset, datafile=info.name)
-            try:
-                rel = render_path(target.layout, f)
-            except UnsafePathError as exc:
-                raise exc.with_context(download_id=d.id, datafile=info.name) from None
-            if rel in seen:
-                raise UnsafePathError(
-                    f"datafiles {seen[rel]!r} and {info.name!r} both map to {rel!r}; add "
-                    "{dataset} or {investigation} to the layout", download_id=d.id,
-                    datafile=info.name)
-            seen[rel] = info.name
-            plan.jobs.append(FileJob(datafile_id=info.id, name=info.name, rel_path=rel,
-                                     size=info.size, checksum=info.checksum, open=None))
-        return plan
-
-    def _claim_download_dir(self, d: Download, target: TargetConfig, fs, root: str,
-                            fields: dict) -> str:
-        """The download's own directory; a second download with the same fileName by the same
-        user gets `<fileName>_<id>` instead of mixing files (deterministically, on every run)."""
-        prefix = download_template(target.layout)  # TargetConfig ensures it names the download
-        me = f"{self.cfg.facility.name} {d.id}"
-        local = is_local(fs)
-        rel = render_path(prefix, fields)
-        claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
-        with target_errors(claim):  # the first write to the target: a refusal expires it
-            owner = _read_text(fs, claim)
-            if owner is not None and owner != me:
-                fields["download"] = f"{d.file_name}_{d.id}"
-                rel = render_path(prefix, fields)
-                claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
-            if _read_text(fs, claim) is None:
-                make_dirs(fs, join_under(root, rel, local=local))
-                with fs.open(claim, "wb") as fh:
-                    fh.write(me.encode())
-        return rel
-
     # ---------------------------------------------------------------- deliver
     def deliver(self, d: Download, prepared_id: str,
                 on_progress: Callable[[int, int], None] | None = None) -> Outcome:
@@ -273,9 +198,11 @@ class Pipeline:
                 return self._outcome(d, "skipped", why)
             if fresh.status == "COMPLETE" and self.state.get(d.id).get("outcome") == "completed":
                 return self._outcome(d, "skipped", "already completed")
-            plan = self.plan(fresh, prepared_id)
+            plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.cfg.facility.name,
+                                 self.clients, prepared_id)
             total = sum(j.size for j in plan.jobs)
-            results = self._transfer_unless_delivered(plan, prepared_id, total, on_progress)
+            results = transfer_unless_delivered(plan, prepared_id, self.clients,
+                                                self.cfg.facility.name, total, on_progress)
             for hook in self.hooks:
                 hook(plan, results)
             self.state.update(d.id, outcome="delivered", path=plan.download_dir,
@@ -288,41 +215,6 @@ class Pipeline:
             out.path = self._display_path(plan)
             out.seconds = time.monotonic() - t0
             return out
-
-    def _transfer_unless_delivered(self, plan: DeliveryPlan, prepared_id: str, total: int,
-                                   on_progress) -> list[FileResult]:
-        d = plan.download
-        mdir = join_under(plan.root, plan.download_dir)
-        manifest = read_manifest(plan.fs, mdir)
-        if manifest is not None and manifest.download_id == d.id and manifest.covers(plan.jobs):
-            log.info("download %s: manifest present, already delivered", d.id)
-            return [FileResult(datafile_id=j.datafile_id, rel_path=j.rel_path, bytes=j.size,
-                               seconds=0.0, crc32=int(j.checksum or "0", 16), skipped=True)
-                    for j in plan.jobs]
-        done = [0]
-
-        def progress(n: int) -> None:
-            done[0] += n
-            if on_progress:
-                on_progress(done[0], total)
-
-        target = plan.target
-        source = make_source(target.source, storage_url=target.storage_url,
-                             storage_options=target.storage_options_source,
-                             hardlink=target.hardlink)
-        ctx = TransferContext(download_id=d.id, prepared_id=prepared_id,
-                              ids=self.clients.ids_for(d.transport),
-                              session_id=self.clients.icat.session_id, fs=plan.fs,
-                              root=plan.root, concurrency=target.concurrency,
-                              on_progress=progress)
-        results = source.transfer(ctx, plan.jobs, plan.infos)
-        _raise_first_failure(d.id, plan.jobs, results)
-        ok = [r for r in results if isinstance(r, FileResult)]
-        write_manifest(plan.fs, mdir, facility=self.cfg.facility.name, download_id=d.id,
-                       file_name=d.file_name, user=d.user_name, transport=d.transport,
-                       files=manifest_files(plan.jobs, plan.download_dir, ok),
-                       rel_dir=plan.download_dir)
-        return ok
 
     def _complete(self, d: Download, plan: DeliveryPlan) -> None:
         if d.status == "COMPLETE":  # single-level: TopCAT completed it at submit time
@@ -427,28 +319,3 @@ class Pipeline:
             raise PermanentError(f"transport {d.transport!r} is not routed to a target",
                                  download_id=download_id)
         return d
-
-
-def _raise_first_failure(download_id: int, jobs: list[FileJob],
-                         results: list[FileResult | BaseException]) -> None:
-    failures = [(j, r) for j, r in zip(jobs, results, strict=True)
-                if isinstance(r, BaseException)]
-    if not failures:
-        return
-    permanent = [(j, r) for j, r in failures if isinstance(r, PermanentError)]
-    job, err = (permanent or failures)[0]
-    if isinstance(err, PollcatError):
-        err.with_context(download_id=download_id, datafile=job.name)
-        if len(failures) > 1:
-            err.message += f" (and {len(failures) - 1} more failed file(s))"
-        raise err
-    raise TransientError(f"{type(err).__name__}: {err}", download_id=download_id,
-                         datafile=job.name) from err
-
-
-def _read_text(fs, path: str) -> str | None:
-    try:
-        with fs.open(path, "rb") as fh:
-            return fh.read().decode("utf-8", "replace").strip()
-    except FileNotFoundError:
-        return None
