@@ -1,53 +1,54 @@
-"""How the flows fan out one batch of downloads with per-download isolation."""
+"""What the flows share: loading the pipeline from its block, and handing ready downloads to
+Prefect tasks. The orchestration itself is `Pipeline.sweep`, the same loop the CLI runs."""
 
 from __future__ import annotations
 
-from prefect.futures import wait
-from prefect.utilities.annotations import unmapped
+import logging
+
+from prefect.logging.handlers import APILogHandler
+from prefect.states import Failed, State
 
 from blocks.facility import PollcatFacility
-from pollcat.pipeline import Outcome, Pipeline
+from pollcat import logsafe
+from pollcat.pipeline import Outcome, Pipeline, Submit
 from pollcat.topcat import Download
-from tasks.steps import deliver, poll, prepare
+from tasks.steps import deliver, record_failure
 
 
 def load_pipeline(facility_block: str) -> Pipeline:
     """The facility block (and the target blocks it routes to) are the whole configuration."""
+    send_pollcat_logs_to_prefect()
     return Pipeline(PollcatFacility.load(facility_block).pipeline_config())
 
 
-def _error(future) -> BaseException:
-    err = future.result(raise_on_failure=False)
-    return err if isinstance(err, BaseException) else RuntimeError(str(future.state))
+def send_pollcat_logs_to_prefect() -> None:
+    """pollcat's own log lines (warnings about retries, expiries) belong in the run logs an
+    operator reads, not only on the worker's stderr. Idempotent."""
+    logsafe.install()
+    pollcat_logger = logging.getLogger("pollcat")
+    if not any(isinstance(h, APILogHandler) for h in pollcat_logger.handlers):
+        handler = APILogHandler()
+        handler.addFilter(logsafe.RedactingFilter())
+        pollcat_logger.addHandler(handler)
+    if pollcat_logger.level == logging.NOTSET or pollcat_logger.level > logging.INFO:
+        pollcat_logger.setLevel(logging.INFO)
 
 
-def run_downloads(pipeline: Pipeline, downloads: list[Download],
-                  poll_budget_s: float | None = None) -> list[Outcome]:
-    """prepare.map → poll → deliver; a failed step ends only its own download's chain."""
-    outcomes: dict[int, Outcome] = {}
-    for d in downloads:
-        settled = pipeline.settled(d)
-        if settled is not None:
-            outcomes[d.id] = settled
-    todo = [d for d in downloads if d.id not in outcomes]
-    prepared_f = prepare.map(unmapped(pipeline), todo)
-    wait(prepared_f)
-    polls = {}
-    for d, f in zip(todo, prepared_f, strict=True):
-        if f.state.is_completed():
-            polls[d.id] = (d, f.result(), poll.submit(pipeline, d, f.result(), poll_budget_s))
-        else:
-            outcomes[d.id] = pipeline.fail(d, _error(f))
-    wait([p[2] for p in polls.values()])
-    deliveries = {}
-    for d, prepared, f in polls.values():
-        if not f.state.is_completed():
-            outcomes[d.id] = pipeline.fail(d, _error(f))
-        elif not f.result():
-            outcomes[d.id] = pipeline.waiting(d)
-        else:
-            deliveries[d.id] = (d, deliver.submit(pipeline, d, prepared.prepared_id))
-    wait([f for _, f in deliveries.values()])
-    for d, f in deliveries.values():
-        outcomes[d.id] = f.result() if f.state.is_completed() else pipeline.fail(d, _error(f))
-    return [outcomes[d.id] for d in downloads]
+def task_submitter(pipeline: Pipeline) -> Submit:
+    """Each ready download becomes a `deliver` task run named after facility and download."""
+    def submit(d: Download, prepared_id: str):
+        return deliver.submit(pipeline, d, prepared_id)
+    return submit
+
+
+def settle_run(outcomes: list[Outcome], facility: str) -> State | None:
+    """One Failed task run per download that failed permanently, named after it and carrying
+    the reason; and a Failed state for the flow run when anything failed."""
+    failed = [o for o in outcomes if o.outcome.failed]
+    for o in failed:
+        record_failure(facility, o.download_id, o.reason, return_state=True)
+    if failed:
+        ids = ", ".join(str(o.download_id) for o in failed)
+        return Failed(message=f"{len(failed)} download(s) of {facility} failed permanently: "
+                              f"{ids}", data=[o.row() for o in outcomes])
+    return None

@@ -98,10 +98,18 @@ class PipelineConfig:
     transient_deadline_h: float = 72.0
     deliver_completed: bool = True  # single-level IDS: deliver COMPLETE downloads too
     max_parallel_downloads: int = 4
+    check_concurrency: int = 8  # isPrepared checks in flight at once during a sweep
+    max_identical_mismatches: int = 3  # the same size/CRC32 mismatch this often: permanent
 
     def __post_init__(self) -> None:
         if not self.routes:
             raise ConfigurationError("route at least one transport to a target")
+        for name in ("max_parallel_downloads", "check_concurrency", "max_identical_mismatches",
+                     "max_prepare_attempts", "page_size"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.poll_budget_s < 0 or self.transient_deadline_h <= 0:
+            raise ConfigurationError("poll_budget_s must be >= 0 and transient_deadline_h > 0")
         for transport in self.routes:
             if transport in ("http", "https"):
                 raise ConfigurationError(

@@ -1,43 +1,64 @@
-"""The delivery pipeline as plain functions: discover → prepare → poll → transfer → verify →
-hooks → complete → report.
+"""The per-download state machine: discover → check (prepare, isPrepared) → deliver (transfer,
+verify, hooks, COMPLETE) → verdict. One orchestrator for the CLI, the flows and every worker.
 
-Prefect flows (`flows/`) and the CLI (`pollcat sweep`) both call these, so every step is testable
-without Prefect. Each step is idempotent: the ledger, the target's manifest and TopCAT's status
-say what is done, and a re-run after a crash continues without duplicating files or e-mails.
+`Pipeline.sweep` is the only loop: it checks every pending download once, hands the ready ones to
+a delivery executor (a thread pool here, a Prefect task runner in the flows), and keeps checking
+the rest, with backoff, until **one deadline for the whole sweep** (`poll_budget_s`). Nothing
+here imports Prefect, so the whole machine runs and is tested without a server.
+
+What a failure does to a download is decided in one place, `Pipeline.fail` (table in
+docs/architecture.md): transient errors are retried by later sweeps until the transient deadline,
+permanent ones expire the download, a target condition holds it, configuration errors stop the
+sweep and touch nothing.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from pollcat.config import PipelineConfig
 from pollcat.delivery import DeliveryPlan, plan_delivery, transfer_unless_delivered
 from pollcat.errors import (
-    DeliveryLocked,
+    AccountRefused,
+    ConfigurationError,
     NotReady,
     PermanentError,
+    PermanentServiceError,
     PollcatError,
     PreparedIdUnknown,
     RestoreFailed,
+    SessionError,
+    TargetUnavailable,
     TransientError,
+    VerificationError,
 )
 from pollcat.facility import FacilityClients
-from pollcat.state import StateStore
+from pollcat.logsafe import redact
+from pollcat.state import LedgerRecord, StateStore, fingerprint
+from pollcat.states import DownloadStatus, OutcomeKind, Verdict
 from pollcat.topcat import Download
 from pollcat.transfer import FileResult
 
 log = logging.getLogger("pollcat.pipeline")
 
+#: How many times one delivery is started again in the same sweep after the IDS or TopCAT
+#: refused the functional account's session (the session expired mid-transfer): part files
+#: make the restart cheap.
+SESSION_RESTARTS = 1
+
 
 @dataclass
 class Prepared:
+    """A preparedId the IDS knows, and whether its data was online at the last check."""
+
     prepared_id: str
     ready: bool = False
 
@@ -49,7 +70,7 @@ class Outcome:
     download_id: int
     user: str = ""
     transport: str = ""
-    outcome: str = ""  # completed | waiting | retry | expired | skipped | locked
+    outcome: OutcomeKind = OutcomeKind.SKIPPED
     reason: str = ""
     files: int = 0
     bytes: int = 0
@@ -63,12 +84,20 @@ class Outcome:
 
     def row(self) -> dict:
         d = asdict(self)
+        d["outcome"] = str(self.outcome)
         d["MB/s"] = round(self.mb_per_s, 1)
         d["seconds"] = round(self.seconds, 2)
         return d
 
 
-def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3):
+#: Delivers one ready download somewhere (a thread, a Prefect task, another worker) and gives a
+#: future of its outcome.
+Submit = Callable[[Download, str], "Future[Outcome]"]
+
+Hook = Callable[[DeliveryPlan, list[FileResult]], None]
+
+
+def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3) -> Iterator[float]:
     """Exponential backoff with jitter: 1, 2, 4, ... capped, each ±30 %."""
     delay = first
     while True:
@@ -78,27 +107,29 @@ def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3):
 
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, clients: FacilityClients | None = None,
-                 hooks: Sequence[Callable[[DeliveryPlan, list[FileResult]], None]] = ()):
+                 hooks: Sequence[Hook] = ()):
         self.cfg = cfg
         self.clients = clients or FacilityClients(cfg.facility)
         self.state = StateStore(cfg.state_dir, cfg.facility.name)
         self.hooks = list(hooks)
-        self._slots = threading.BoundedSemaphore(cfg.max_parallel_downloads)
+        self._held: dict[str, str] = {}  # target URL -> why it is held, for this sweep
+        self._held_lock = threading.Lock()
 
     @property
     def topcat(self):
         return self.clients.topcat
 
-    # ---------------------------------------------------------------- discover
+    # ================================================================ discover
     def discover(self) -> list[Download]:
         """RESTORING downloads of the routed transports, plus (single-level IDS) COMPLETE ones
         that pollcat has not delivered yet and that appeared after its first sweep."""
         found: dict[int, Download] = {}
         for transport in self.cfg.routes:
-            for d in self.topcat.pending(transport, "RESTORING", page_size=self.cfg.page_size):
+            for d in self.topcat.pending(transport, DownloadStatus.RESTORING,
+                                         page_size=self.cfg.page_size):
                 found[d.id] = d
             if self.cfg.deliver_completed:
-                for d in self.topcat.pending(transport, "COMPLETE",
+                for d in self.topcat.pending(transport, DownloadStatus.COMPLETE,
                                              page_size=self.cfg.page_size):
                     if self._undelivered_single_level(d):
                         found[d.id] = d
@@ -107,32 +138,42 @@ class Pipeline:
     def _undelivered_single_level(self, d: Download) -> bool:
         if d.is_two_level:
             return False  # COMPLETE two-level downloads were completed by pollcat or an admin
-        if self.state.get(d.id).get("outcome") in ("completed", "expired"):
+        if self.state.get(d.id).verdict in (Verdict.COMPLETED, Verdict.EXPIRED):
             return False
         created = d.created_at or datetime.now(UTC)
         return created >= self.state.first_run - timedelta(minutes=5)
 
-    # ---------------------------------------------------------------- prepare
-    def prepare(self, d: Download) -> Prepared:
-        """Make sure the download has a preparedId the IDS knows; kick the restore.
+    # ================================================================ check
+    def check(self, d: Download, prepared: Prepared | None = None) -> Prepared | Outcome:
+        """One readiness check: at most one `isPrepared`. The first check of a sweep also makes
+        sure the IDS knows a preparedId (preparing again when it forgot it). Returns an Outcome
+        when the download is settled or failed; raises ConfigurationError only."""
+        try:
+            if prepared is None:
+                settled = self.settled(d)
+                if settled is not None:
+                    return settled
+                self.state.seen(d.id)
+                pid = self._current_prepared_id(d) or self._reprepare(d, "TopCAT holds no "
+                                                                         "preparedId")
+            else:
+                pid = prepared.prepared_id
+            return self._is_prepared(d, pid)
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolation: one download never sinks others
+            return self.fail(d, exc)
 
-        404 (the IDS forgot the preparedId) → prepare again, through TopCAT's admin `prepare`
-        when it has one, else with the functional account; "Restore failed" → `reset` and try
-        again on a later sweep, giving up after `max_prepare_attempts`.
-        """
+    def _is_prepared(self, d: Download, pid: str) -> Prepared:
         ids = self.clients.ids_for(d.transport)
-        pid = self._current_prepared_id(d)
-        if pid is None:
-            pid = self._reprepare(d, "TopCAT holds no preparedId")
         try:
             return Prepared(pid, ready=ids.is_prepared(pid))
         except PreparedIdUnknown as exc:
-            pid = self._reprepare(d, exc.message)
-            return Prepared(pid, ready=False)
+            return Prepared(self._reprepare(d, exc.message), ready=False)
         except RestoreFailed as exc:
             rec = self.state.get(d.id)
-            failures = int(rec.get("restore_failures", 0)) + 1
-            self.state.update(d.id, restore_failures=failures, last_error=exc.message)
+            failures = rec.restore_failures + 1
+            self.state.update(d.id, restore_failures=failures, last_error=redact(exc.message))
             if failures >= self.cfg.max_prepare_attempts:
                 raise PermanentError(f"the IDS failed to restore the data {failures} times",
                                      download_id=d.id, service="IDS") from exc
@@ -142,19 +183,21 @@ class Pipeline:
             return Prepared(pid, ready=False)
 
     def _current_prepared_id(self, d: Download) -> str | None:
+        """pollcat's own preparedId while TopCAT still holds the one it replaced."""
         rec = self.state.get(d.id)
-        if rec.get("prepared_id") and rec.get("prepared_from") == d.prepared_id:
-            return rec["prepared_id"]
+        own = self.state.own_prepared_id(d.id)
+        if own and rec.prepared_from == fingerprint(d.prepared_id):
+            return own
         return d.prepared_id
 
     def _reprepare(self, d: Download, why: str) -> str:
         rec = self.state.get(d.id)
-        attempts = int(rec.get("prepare_attempts", 0)) + 1
+        attempts = rec.prepare_attempts + 1
         if attempts > self.cfg.max_prepare_attempts:
             raise PermanentError(f"gave up after {attempts - 1} preparations ({why})",
                                  download_id=d.id)
-        self.state.update(d.id, prepare_attempts=attempts, last_error=why)
-        log.warning("download %s: preparing again (%s), attempt %d", d.id, why, attempts)
+        self.state.update(d.id, prepare_attempts=attempts, last_error=redact(why))
+        log.warning("download %s: preparing again (%s), attempt %d", d.id, redact(why), attempts)
         if self.topcat.prepare(d.id):
             fresh = self.topcat.get(d.id)
             if fresh and fresh.prepared_id and fresh.prepared_id != d.prepared_id:
@@ -164,152 +207,220 @@ class Pipeline:
         pid = self.clients.ids_for(d.transport).prepare(
             self.clients.icat.session_id(), investigation_ids=sel["investigationIds"],
             dataset_ids=sel["datasetIds"], datafile_ids=sel["datafileIds"], zip=True)
-        self.state.update(d.id, prepared_id=pid, prepared_from=d.prepared_id)
+        self.state.keep_prepared_id(d.id, pid)
+        self.state.update(d.id, prepared_from=fingerprint(d.prepared_id))
         return pid
 
-    # ---------------------------------------------------------------- poll
-    def poll(self, d: Download, prepared: Prepared, budget_s: float | None = None) -> bool:
-        """Wait (sleeping, with backoff) until the IDS has restored the data, within a budget."""
-        if prepared.ready:
-            return True
-        ids = self.clients.ids_for(d.transport)
-        budget = self.cfg.poll_budget_s if budget_s is None else budget_s
-        deadline = time.monotonic() + budget
-        for delay in backoff_delays(first=min(1.0, max(budget / 8, 0.05))):
-            if ids.is_prepared(prepared.prepared_id):
-                prepared.ready = True
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(delay, remaining))
-        return False
-
-    # ---------------------------------------------------------------- deliver
+    # ================================================================ deliver
     def deliver(self, d: Download, prepared_id: str,
                 on_progress: Callable[[int, int], None] | None = None) -> Outcome:
-        """Transfer, verify, hooks, complete — under the download's lock."""
-        with self._slots, self.state.lock(d.id):
-            t0 = time.monotonic()
-            fresh = self.topcat.get(d.id)
-            if fresh is None or fresh.is_deleted or fresh.status not in ("RESTORING", "COMPLETE"):
-                why = "deleted" if fresh is None or fresh.is_deleted else \
-                    f"status is now {fresh.status}"
-                return self._outcome(d, "skipped", why)
-            if fresh.status == "COMPLETE" and self.state.get(d.id).get("outcome") == "completed":
-                return self._outcome(d, "skipped", "already completed")
-            plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.cfg.facility.name,
-                                 self.clients, prepared_id)
-            total = sum(j.size for j in plan.jobs)
-            results = transfer_unless_delivered(plan, prepared_id, self.clients,
-                                                self.cfg.facility.name, total, on_progress)
-            for hook in self.hooks:
-                hook(plan, results)
-            self.state.update(d.id, outcome="delivered", path=plan.download_dir,
-                              files=len(plan.jobs), bytes=total)
-            self._complete(fresh, plan)
-            out = self._outcome(d, "completed", "")
-            out.files = len(plan.jobs)
-            out.bytes = sum(r.fetched for r in results)
-            out.skipped_files = sum(1 for r in results if r.skipped)
-            out.path = self._display_path(plan)
-            out.seconds = time.monotonic() - t0
-            return out
+        """Transfer, verify, hooks, COMPLETE under the download's lock. Never raises for the
+        download's own faults (they become its outcome); raises ConfigurationError."""
+        held = self._held_reason(d)
+        if held:
+            return self._outcome(d, OutcomeKind.HELD, held)
+        with self.state.lock(d.id) as mine:
+            if not mine:
+                return self._outcome(d, OutcomeKind.LOCKED, "another worker is delivering it")
+            for restart in range(SESSION_RESTARTS + 1):
+                try:
+                    return self._deliver_locked(d, prepared_id, on_progress)
+                except (SessionError, PermanentServiceError) as exc:
+                    if not _refused_session(exc):
+                        return self.fail(d, exc)
+                    if restart == SESSION_RESTARTS:
+                        raise AccountRefused(
+                            f"{exc.service} refused the functional account "
+                            f"{self.clients.icat.user_name or ''} even after logging in again: "
+                            f"{redact(exc.message)}", service=exc.service, status=exc.status,
+                            code=exc.code) from None
+                    log.warning("download %s: %s refused the session; logging in again and "
+                                "continuing", d.id, exc.service)
+                    self.clients.icat.invalidate()
+                except ConfigurationError:
+                    raise
+                except NotReady as exc:
+                    return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
+                except Exception as exc:  # noqa: BLE001 - isolation
+                    return self.fail(d, exc)
+        raise AssertionError("unreachable")
+
+    def _deliver_locked(self, d: Download, prepared_id: str,
+                        on_progress: Callable[[int, int], None] | None) -> Outcome:
+        t0 = time.monotonic()
+        fresh = self.topcat.get(d.id)
+        if fresh is None or fresh.is_deleted or fresh.status not in (
+                DownloadStatus.RESTORING, DownloadStatus.COMPLETE):
+            why = "deleted" if fresh is None or fresh.is_deleted else \
+                f"status is now {fresh.status}"
+            return self._outcome(d, OutcomeKind.SKIPPED, why)
+        if fresh.status == DownloadStatus.COMPLETE and \
+                self.state.get(d.id).verdict == Verdict.COMPLETED:
+            return self._outcome(d, OutcomeKind.SKIPPED, "already completed")
+        plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.cfg.facility.name,
+                             self.clients, prepared_id)
+        total = sum(j.size for j in plan.jobs)
+        results = transfer_unless_delivered(plan, prepared_id, self.clients,
+                                            self.cfg.facility.name, total, on_progress)
+        for hook in self.hooks:
+            hook(plan, results)
+        self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
+                          files=len(plan.jobs), bytes=total, mismatch_count=0,
+                          mismatch_signature="")
+        self._complete(fresh, plan)
+        out = self._outcome(d, OutcomeKind.COMPLETED, "")
+        out.files = len(plan.jobs)
+        out.bytes = sum(r.fetched for r in results)
+        out.skipped_files = sum(1 for r in results if r.skipped)
+        out.path = self._display_path(plan)
+        out.seconds = time.monotonic() - t0
+        return out
 
     def _complete(self, d: Download, plan: DeliveryPlan) -> None:
-        if d.status == "COMPLETE":  # single-level: TopCAT completed it at submit time
-            self.state.update(d.id, outcome="completed")
+        if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit
+            self.state.update(d.id, verdict=Verdict.COMPLETED)
             return
         custom = None
         if plan.target.custom_value:
             custom = plan.target.custom_value.format(
                 path=self._display_path(plan), download=d.file_name, files=len(plan.jobs),
                 user=d.user_name, download_id=d.id)
-        self.topcat.set_status(d.id, "COMPLETE", custom)
-        self.state.update(d.id, outcome="completed")
+        self.topcat.set_status(d.id, DownloadStatus.COMPLETE, custom)
+        self.state.update(d.id, verdict=Verdict.COMPLETED)
 
     def _display_path(self, plan: DeliveryPlan) -> str:
         base = plan.target.url.rstrip("/")
         return f"{base}/{plan.download_dir}"
 
-    # ---------------------------------------------------------------- failures
+    def _held_reason(self, d: Download) -> str | None:
+        target = self.cfg.routes.get(d.transport)
+        with self._held_lock:
+            return self._held.get(target.url) if target else None
+
+    def _hold_target(self, d: Download, reason: str) -> None:
+        target = self.cfg.routes.get(d.transport)
+        if target:
+            with self._held_lock:
+                self._held.setdefault(target.url, f"target held: {reason}")
+
+    # ================================================================ verdicts
     def fail(self, d: Download, exc: BaseException) -> Outcome:
-        """Record a failure; permanent ones (and transient past the deadline) expire it."""
-        if isinstance(exc, DeliveryLocked):
-            return self._outcome(d, "locked", "another worker is delivering it")
+        """The one place that decides what a failure does to a download.
+
+        ConfigurationError is not handled here: it stops the sweep before any download is
+        touched (callers let it through)."""
+        if isinstance(exc, ConfigurationError):
+            raise exc
         if isinstance(exc, NotReady):
-            return self._outcome(d, "waiting", exc.message)
+            return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
         if isinstance(exc, PollcatError):
             exc.with_context(download_id=d.id)
-        reason = str(exc) if isinstance(exc, PollcatError) else f"{type(exc).__name__}: {exc}"
+        reason = redact(str(exc) if isinstance(exc, PollcatError)
+                        else f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, TargetUnavailable):
+            self._hold_target(d, reason)
+            self.state.update(d.id, last_error=reason)
+            log.warning("download %s: held: %s", d.id, reason)
+            return self._outcome(d, OutcomeKind.HELD, reason)
         rec = self.state.seen(d.id)
-        first = datetime.fromisoformat(rec["first_seen"])
-        overdue = datetime.now(UTC) - first > timedelta(hours=self.cfg.transient_deadline_h)
-        if isinstance(exc, TransientError) and not overdue:
-            self.state.update(d.id, last_error=reason)
-            log.warning("download %s: will retry: %s", d.id, reason)
-            return self._outcome(d, "retry", reason)
-        if isinstance(exc, TransientError):
-            reason = f"still failing after {self.cfg.transient_deadline_h} h: {reason}"
-        elif not isinstance(exc, PermanentError):
-            # a bug, not a verdict on the download: keep it for the next sweep
-            self.state.update(d.id, last_error=reason)
-            log.exception("download %s: unexpected error", d.id, exc_info=exc)
-            return self._outcome(d, "retry", reason)
-        return self.expire(d, reason)
+        if isinstance(exc, VerificationError):
+            rec = self._count_mismatch(d, exc, reason)
+            if rec.mismatch_count >= self.cfg.max_identical_mismatches:
+                return self.expire(d, f"the IDS serves bytes that do not match ICAT (the same "
+                                      f"result {rec.mismatch_count} times): {reason}")
+        if isinstance(exc, PermanentError):
+            return self.expire(d, reason)
+        if not isinstance(exc, TransientError):
+            # not a known failure: keep the traceback for whoever fixes it, and let it fall under
+            # the same deadline as transient ones so that nothing is retried forever
+            log.error("download %s: unexpected error", d.id, exc_info=exc)
+        first = datetime.fromisoformat(rec.first_seen)
+        if datetime.now(UTC) - first > timedelta(hours=self.cfg.transient_deadline_h):
+            return self.expire(d, f"still failing after {self.cfg.transient_deadline_h:g} h: "
+                                  f"{reason}")
+        self.state.update(d.id, last_error=reason)
+        log.warning("download %s: will retry: %s", d.id, reason)
+        return self._outcome(d, OutcomeKind.RETRY, reason)
+
+    def _count_mismatch(self, d: Download, exc: VerificationError, reason: str) -> LedgerRecord:
+        rec = self.state.get(d.id)
+        signature = f"{exc.datafile}: {exc.message}"
+        count = rec.mismatch_count + 1 if rec.mismatch_signature == signature else 1
+        return self.state.update(d.id, mismatch_signature=signature, mismatch_count=count,
+                                 last_error=reason)
 
     def settled(self, d: Download) -> Outcome | None:
-        """A download pollcat already gave up on is not worked on again; TopCAT only still
-        offers it if setting EXPIRED failed, so that call is what gets retried."""
+        """A download pollcat gave up on is not worked on again, unless an admin resumed it.
+
+        TopCAT still offering a download pollcat expired means one of two things: TopCAT
+        refused EXPIRED (then that call is retried), or an admin resumed the download after
+        TopCAT had accepted EXPIRED (then it is a fresh attempt with fresh counters)."""
         rec = self.state.get(d.id)
-        if rec.get("outcome") != "expired":
+        if rec.verdict != Verdict.EXPIRED:
             return None
-        return self.expire(d, rec.get("reason") or "expired earlier by pollcat")
+        if rec.expired_in_topcat and d.status in (DownloadStatus.RESTORING,
+                                                  DownloadStatus.PREPARING):
+            log.info("download %s: resumed in TopCAT after pollcat expired it; a fresh attempt",
+                     d.id)
+            self.forget(d.id)
+            return None
+        return self.expire(d, rec.reason or "expired earlier by pollcat")
 
     def waiting(self, d: Download) -> Outcome:
-        return self._outcome(d, "waiting", "the IDS is still restoring the data")
+        return self._outcome(d, OutcomeKind.WAITING, "the IDS is still restoring the data")
 
     def forget(self, download_id: int) -> None:
-        """Clear pollcat's verdict and counters for a download (operator's force retry)."""
-        self.state.update(download_id, outcome=None, reason=None, prepare_attempts=0,
-                          restore_failures=0, first_seen=datetime.now(UTC).isoformat())
+        """Clear pollcat's verdict and counters for a download (an admin's resume, or an
+        operator's force retry)."""
+        self.state.update(download_id, verdict=None, reason="", expired_in_topcat=False,
+                          prepare_attempts=0, restore_failures=0, mismatch_count=0,
+                          mismatch_signature="", last_error="",
+                          first_seen=datetime.now(UTC).isoformat(timespec="seconds"))
 
     def expire(self, d: Download, reason: str) -> Outcome:
+        reason = redact(reason)
         log.error("download %s: expiring: %s", d.id, reason)
-        self.state.update(d.id, outcome="expired", reason=reason)
+        self.state.update(d.id, verdict=Verdict.EXPIRED, reason=reason, expired_in_topcat=False)
         try:
-            self.topcat.set_status(d.id, "EXPIRED")
+            self.topcat.set_status(d.id, DownloadStatus.EXPIRED)
+        except ConfigurationError:
+            raise
         except PollcatError as exc:
             log.error("download %s: could not set EXPIRED in TopCAT: %s", d.id, exc)
-            return self._outcome(d, "retry", f"{reason}; and TopCAT refused EXPIRED: {exc}")
-        return self._outcome(d, "expired", reason)
+            return self._outcome(d, OutcomeKind.RETRY,
+                                 f"{reason}; and TopCAT refused EXPIRED: {redact(str(exc))}")
+        self.state.update(d.id, expired_in_topcat=True)
+        return self._outcome(d, OutcomeKind.EXPIRED, reason)
 
-    def _outcome(self, d: Download, outcome: str, reason: str) -> Outcome:
+    def _outcome(self, d: Download, kind: OutcomeKind, reason: str) -> Outcome:
         return Outcome(download_id=d.id, user=d.user_name, transport=d.transport,
-                       outcome=outcome, reason=reason)
+                       outcome=kind, reason=redact(reason))
 
-    # ---------------------------------------------------------------- one / all
-    def run_one(self, d: Download, poll_budget_s: float | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> Outcome:
-        """prepare → poll → deliver for one download; never raises for the download's faults."""
-        settled = self.settled(d)
-        if settled is not None:
-            return settled
-        try:
-            prepared = self.prepare(d)
-            if not self.poll(d, prepared, poll_budget_s):
-                return self.waiting(d)
-            return self.deliver(d, prepared.prepared_id, on_progress)
-        except Exception as exc:  # noqa: BLE001 - isolation: one download never sinks others
-            return self.fail(d, exc)
-
-    def sweep(self) -> list[Outcome]:
-        """The CLI's sweep: the same steps the Prefect flow maps, on a plain thread pool."""
-        downloads = self.discover()
+    # ================================================================ the orchestrator
+    def sweep(self, downloads: Sequence[Download] | None = None, *,
+              submit: Submit | None = None, budget_s: float | None = None) -> list[Outcome]:
+        """Check every download once, deliver the ready ones as they become ready, and keep
+        checking the others until the sweep's single deadline. `submit` hands a ready download
+        to an executor (default: a local thread pool of `max_parallel_downloads`)."""
+        if downloads is None:
+            downloads = self.discover()
         if not downloads:
             return []
-        with ThreadPoolExecutor(max_workers=self.cfg.max_parallel_downloads) as pool:
-            return list(pool.map(self.run_one, downloads))
+        with self._held_lock:
+            self._held.clear()
+        budget = self.cfg.poll_budget_s if budget_s is None else budget_s
+        deadline = time.monotonic() + budget
+        with ThreadPoolExecutor(max_workers=self.cfg.max_parallel_downloads,
+                                thread_name_prefix="deliver") as local:
+            if submit is None:
+                def submit(d: Download, pid: str) -> Future[Outcome]:
+                    return local.submit(contextvars.copy_context().run, self.deliver, d, pid)
+            return _Sweep(self, list(downloads), submit, deadline).run()
+
+    def run_one(self, d: Download, budget_s: float | None = None,
+                submit: Submit | None = None) -> Outcome:
+        """The same machine for one download (the `deliver` flow, an operator's retry)."""
+        return self.sweep([d], submit=submit, budget_s=budget_s)[0]
 
     def download_by_id(self, download_id: int) -> Download:
         d = self.topcat.get(download_id)
@@ -319,3 +430,73 @@ class Pipeline:
             raise PermanentError(f"transport {d.transport!r} is not routed to a target",
                                  download_id=download_id)
         return d
+
+
+class _Sweep:
+    """One sweep's bookkeeping: which downloads are pending, delivering, done."""
+
+    def __init__(self, pipeline: Pipeline, downloads: list[Download], submit: Submit,
+                 deadline: float):
+        self.p = pipeline
+        self.downloads = downloads
+        self.submit = submit
+        self.deadline = deadline
+        self.outcomes: dict[int, Outcome] = {}
+        self.pending: dict[int, tuple[Download, Prepared | None]] = {
+            d.id: (d, None) for d in downloads}
+        self.delivering: dict[int, Future[Outcome]] = {}
+        self.stop: ConfigurationError | None = None
+
+    def run(self) -> list[Outcome]:
+        delays = backoff_delays(first=min(1.0, max((self.deadline - time.monotonic()) / 8,
+                                                   0.05)))
+        workers = max(1, min(self.p.cfg.check_concurrency, len(self.pending)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as checks:
+            while self.pending and self.stop is None:
+                # each check runs in a copy of this thread's context, so that log records of
+                # a flow run (Prefect keeps the run in a contextvar) stay attached to it
+                batch = list(self.pending.values())
+                futures = [checks.submit(contextvars.copy_context().run, self._check, item)
+                           for item in batch]
+                for (d, _), future in zip(batch, futures, strict=True):
+                    self._take(d, future.result())
+                remaining = self.deadline - time.monotonic()
+                if not self.pending or self.stop is not None or remaining <= 0:
+                    break
+                time.sleep(min(next(delays), remaining))
+        for d, _ in self.pending.values():
+            self.outcomes[d.id] = self.p.waiting(d)
+        for download_id, future in self.delivering.items():
+            try:
+                self.outcomes[download_id] = future.result()
+            except ConfigurationError as exc:
+                self.stop = self.stop or exc
+        if self.stop is not None:
+            raise self.stop
+        return [self.outcomes[d.id] for d in self.downloads if d.id in self.outcomes]
+
+    def _check(self, item: tuple[Download, Prepared | None]) -> Prepared | Outcome | Exception:
+        d, prepared = item
+        try:
+            return self.p.check(d, prepared)
+        except ConfigurationError as exc:
+            return exc
+
+    def _take(self, d: Download, result: Prepared | Outcome | Exception) -> None:
+        if isinstance(result, ConfigurationError):
+            self.stop = self.stop or result
+        elif isinstance(result, Outcome):
+            self.outcomes[d.id] = result
+            self.pending.pop(d.id, None)
+        elif isinstance(result, Prepared) and result.ready:
+            self.pending.pop(d.id, None)
+            self.delivering[d.id] = self.submit(d, result.prepared_id)
+        elif isinstance(result, Prepared):
+            self.pending[d.id] = (d, result)
+
+
+def _refused_session(exc: PollcatError) -> bool:
+    """A 403 from a call made with the functional account's session: the session expired (log
+    in again) or the account lacks rights (a configuration problem), never the user's fault."""
+    return isinstance(exc, SessionError) or (
+        isinstance(exc, PermanentServiceError) and exc.status == 403)
