@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
+from pollcat import logsafe
 from pollcat.config import PipelineConfig
 from pollcat.delivery import DeliveryPlan, plan_delivery, transfer_unless_delivered
 from pollcat.errors import (
@@ -41,13 +43,22 @@ from pollcat.errors import (
     VerificationError,
 )
 from pollcat.facility import FacilityClients
-from pollcat.logsafe import redact
 from pollcat.state import LedgerRecord, StateStore, fingerprint
 from pollcat.states import DownloadStatus, OutcomeKind, Verdict
 from pollcat.topcat import Download
 from pollcat.transfer import FileResult
 
 log = logging.getLogger("pollcat.pipeline")
+
+#: ICAT session ids and preparedIds are lower-case UUIDs (IDS `validateUUID`); a reason may quote
+#: one from a service's message ("The preparedId ... is not known").
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
+
+
+def redact(text: str) -> str:
+    """What may go into a reason, the ledger or a report: no password, session id or
+    preparedId, whoever's message quoted it."""
+    return _UUID.sub("<id>", logsafe.redact(text))
 
 #: How many times one delivery is started again in the same sweep after the IDS or TopCAT
 #: refused the functional account's session (the session expired mid-transfer): part files
@@ -158,6 +169,7 @@ class Pipeline:
                                                                          "preparedId")
             else:
                 pid = prepared.prepared_id
+            logsafe.register_secret(pid)
             return self._is_prepared(d, pid)
         except ConfigurationError:
             raise
@@ -191,6 +203,7 @@ class Pipeline:
         return d.prepared_id
 
     def _reprepare(self, d: Download, why: str) -> str:
+        logsafe.register_secret(d.prepared_id)
         rec = self.state.get(d.id)
         attempts = rec.prepare_attempts + 1
         if attempts > self.cfg.max_prepare_attempts:
