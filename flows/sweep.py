@@ -1,34 +1,6 @@
-"""The scheduled sweep: discover the facility's pending downloads and deliver the ready ones."""
+"""Entry point for `prefect.yaml` on checkout-based workers: the flow lives in
+`pollcat.flows.sweep` (the only installed package)."""
 
-from __future__ import annotations
+from pollcat.flows.sweep import sweep
 
-from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
-
-from flows.common import load_pipeline, settle_run, task_submitter
-from tasks.report import publish_report
-from tasks.steps import discover
-
-
-@flow(name="pollcat-sweep", flow_run_name="sweep-{facility}",
-      task_runner=ThreadPoolTaskRunner(max_workers=16))
-def sweep(facility: str):
-    """One sweep of `facility` (a pollcat-facility block name). Not-ready downloads are left
-    for the next sweep; the run fails when a download failed permanently (each one also has a
-    Failed task run named after it) or when pollcat's own configuration is wrong."""
-    pipeline = load_pipeline(facility)
-    try:
-        downloads = discover(pipeline)
-        outcomes = pipeline.sweep(downloads, submit=task_submitter(pipeline))
-        rows = publish_report(pipeline.cfg.facility.name, outcomes)
-        get_run_logger().info("sweep done: %s",
-                              sorted({str(o.outcome) for o in outcomes}) or "idle")
-        return settle_run(outcomes, pipeline.cfg.facility.name) or rows
-    finally:
-        pipeline.clients.close()
-
-
-if __name__ == "__main__":
-    import sys
-
-    sweep(sys.argv[1])
+__all__ = ["sweep"]

@@ -116,7 +116,7 @@ def transfer_unless_delivered(plan: DeliveryPlan, prepared_id: str, clients: Fac
 
     target = plan.target
     source = make_source(target.source, storage_url=target.storage_url,
-                         storage_options=target.storage_options_source,
+                         storage_options=target.storage_source_options,
                          hardlink=target.hardlink)
     ctx = TransferContext(download_id=d.id, prepared_id=prepared_id,
                           ids=clients.ids_for(d.transport),

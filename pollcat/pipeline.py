@@ -3,7 +3,7 @@ verify, hooks, COMPLETE) → verdict. One orchestrator for the CLI, the flows an
 
 `Pipeline.sweep` is the only loop: it checks every pending download once, hands the ready ones to
 a delivery executor (a thread pool here, a Prefect task runner in the flows), and keeps checking
-the rest, with backoff, until **one deadline for the whole sweep** (`poll_budget_s`). Nothing
+the rest, with backoff, until **one deadline for the whole sweep** (`poll_budget_seconds`). Nothing
 here imports Prefect, so the whole machine runs and is tested without a server.
 
 What a failure does to a download is decided in one place, `Pipeline.fail` (table in
@@ -121,10 +121,14 @@ class Pipeline:
                  hooks: Sequence[Hook] = ()):
         self.cfg = cfg
         self.clients = clients or FacilityClients(cfg.facility)
-        self.state = StateStore(cfg.state_dir, cfg.facility.name)
+        self.state = StateStore(cfg.state_dir, cfg.facility.facility_name)
         self.hooks = list(hooks)
         self._held: dict[str, str] = {}  # target URL -> why it is held, for this sweep
         self._held_lock = threading.Lock()
+
+    @property
+    def facility_name(self) -> str:
+        return self.cfg.facility.facility_name
 
     @property
     def topcat(self):
@@ -270,11 +274,11 @@ class Pipeline:
         if fresh.status == DownloadStatus.COMPLETE and \
                 self.state.get(d.id).verdict == Verdict.COMPLETED:
             return self._outcome(d, OutcomeKind.SKIPPED, "already completed")
-        plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.cfg.facility.name,
+        plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.facility_name,
                              self.clients, prepared_id)
         total = sum(j.size for j in plan.jobs)
         results = transfer_unless_delivered(plan, prepared_id, self.clients,
-                                            self.cfg.facility.name, total, on_progress)
+                                            self.facility_name, total, on_progress)
         for hook in self.hooks:
             hook(plan, results)
         self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
@@ -348,8 +352,8 @@ class Pipeline:
             # the same deadline as transient ones so that nothing is retried forever
             log.error("download %s: unexpected error", d.id, exc_info=exc)
         first = datetime.fromisoformat(rec.first_seen)
-        if datetime.now(UTC) - first > timedelta(hours=self.cfg.transient_deadline_h):
-            return self.expire(d, f"still failing after {self.cfg.transient_deadline_h:g} h: "
+        if datetime.now(UTC) - first > timedelta(hours=self.cfg.transient_deadline_hours):
+            return self.expire(d, f"still failing after {self.cfg.transient_deadline_hours:g} h: "
                                   f"{reason}")
         self.state.update(d.id, last_error=reason)
         log.warning("download %s: will retry: %s", d.id, reason)
@@ -421,7 +425,7 @@ class Pipeline:
             return []
         with self._held_lock:
             self._held.clear()
-        budget = self.cfg.poll_budget_s if budget_s is None else budget_s
+        budget = self.cfg.poll_budget_seconds if budget_s is None else budget_s
         deadline = time.monotonic() + budget
         with ThreadPoolExecutor(max_workers=self.cfg.max_parallel_downloads,
                                 thread_name_prefix="deliver") as local:

@@ -52,7 +52,7 @@ def main() -> int:
         n = 0
         while time.monotonic() - t0 < DEADLINE_S:
             n += 1
-            for row in sweep(facility="demo-lils", poll_budget_s=8):
+            for row in sweep(facility="demo-lils"):
                 if row["outcome"] != "waiting" or row["download_id"] not in rows:
                     rows[row["download_id"]] = row
             statuses = _statuses(requests, sim.url)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from blocks import DeliveryTarget, PollcatFacility
-from flows.deliver import deliver_download
-from flows.sweep import sweep
+from pollcat.blocks import DeliveryTarget, PollcatFacility
+from pollcat.flows.deliver import deliver_download
+from pollcat.flows.sweep import sweep
 from tests.conftest import scenario
 from tests.support import delivered_files, statuses
 

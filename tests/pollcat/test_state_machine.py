@@ -141,7 +141,7 @@ def test_wrong_password_is_a_configuration_error(make_sim, tmp_path):
     sim = make_sim(scenario(downloads=[ALICE]))
     wait_status(sim.url, "RESTORING")
     cfg = PipelineConfig(
-        facility=FacilityConfig(name="LILS", icat_url=sim.url, ids_url=sim.url,
+        facility=FacilityConfig(facility_name="LILS", icat_url=sim.url, ids_url=sim.url,
                                 topcat_url=sim.url, username="pollcat", password="wrong"),
         routes={"globus": TargetConfig(url=f"file://{tmp_path / 'out'}")},
         state_dir=tmp_path / "state")

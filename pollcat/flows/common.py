@@ -4,21 +4,25 @@ Prefect tasks. The orchestration itself is `Pipeline.sweep`, the same loop the C
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Failed, State
 
-from blocks.facility import PollcatFacility
 from pollcat import logsafe
+from pollcat.blocks.facility import PollcatFacility
 from pollcat.pipeline import Outcome, Pipeline, Submit
+from pollcat.tasks.steps import deliver, record_failure
 from pollcat.topcat import Download
-from tasks.steps import deliver, record_failure
 
 
-def load_pipeline(facility_block: str) -> Pipeline:
+@contextmanager
+def open_pipeline(facility_block: str) -> Iterator[Pipeline]:
     """The facility block (and the target blocks it routes to) are the whole configuration."""
     send_pollcat_logs_to_prefect()
-    return Pipeline(PollcatFacility.load(facility_block).pipeline_config())
+    with PollcatFacility.load(facility_block).get_pipeline() as pipeline:
+        yield pipeline
 
 
 def send_pollcat_logs_to_prefect() -> None:
