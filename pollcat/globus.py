@@ -260,7 +260,7 @@ class GlobusGrants:
     def _adopt_existing(self, identity: GlobusIdentity, path: str, expires: str,
                         download_id: int | None) -> str:
         """After `Exists`: find the rule; an `r` rule is ours, anything else a conflict."""
-        for rule in self._rules(download_id):
+        for rule in self.list_rules(download_id):
             if (rule.get("id") and rule.get("principal_type") == "identity"
                     and rule.get("principal") == identity.id and rule.get("path") == path):
                 if rule.get("permissions") != READ:
@@ -304,7 +304,7 @@ class GlobusGrants:
         live = {rule_path(d) for d in live_directories}
         prefix = "/" if managed_prefix.strip("/") == "" else rule_path(managed_prefix)
         removed = []
-        for rule in self._rules(None):
+        for rule in self.list_rules(None):
             if not rule.get("id") or rule.get("principal_type") != "identity":
                 continue
             path = rule.get("path") or ""
@@ -315,7 +315,7 @@ class GlobusGrants:
                                       principal=rule.get("principal", "")))
         return removed
 
-    def _rules(self, download_id: int | None) -> list[dict[str, Any]]:
+    def list_rules(self, download_id: int | None = None) -> list[dict[str, Any]]:
         response = self._call(self.transfer.endpoint_acl_list, self.settings.collection_id,
                               action="listing the collection's permissions",
                               download_id=download_id)
@@ -377,3 +377,86 @@ def _translate(err: Exception, service: GlobusService, action: str,
         return GlobusAuthenticationFailed(f"{action}: Globus refused pollcat's client "
                                           f"credentials: {said}", **kwargs)
     return PermanentServiceError(f"{action}: Globus refused: {said}", **kwargs)
+
+
+# --- the access-hook face (plan / apply / revoke, as pollcat.access's hooks) ------------------
+
+
+@dataclass(frozen=True)
+class PlannedGrant:
+    """One permission `apply` would create."""
+
+    download_id: int
+    path: str
+    username: str
+    identity_id: str
+
+    def describe(self) -> str:
+        return f"download {self.download_id}: grant {self.username} 'r' on {self.path}"
+
+
+class GlobusAccessHook:
+    """The Globus grant behind the same plan / apply / revoke calls as the POSIX access hook.
+
+    `ctx` needs `download_id`, `icat_user`, `download_dir` (relative to the collection root)
+    and optionally `email`; `record` receives one dict per change (the ledger). A rerun plans
+    nothing when the identity already has `r` on the folder.
+    """
+
+    name = "globus"
+
+    def __init__(self, grants: GlobusGrants):
+        self.grants = grants
+
+    def plan(self, ctx: Any) -> list[PlannedGrant]:
+        path = rule_path(ctx.download_dir)
+        identity = self.grants.identity_for(ctx.icat_user, download_id=ctx.download_id)
+        for rule in self.grants.list_rules(ctx.download_id):
+            if (rule.get("id") and rule.get("principal") == identity.id
+                    and rule.get("path") == path and rule.get("permissions") == READ):
+                return []
+        return [PlannedGrant(ctx.download_id, path, identity.username, identity.id)]
+
+    def dry_run(self, ctx: Any, out=print) -> list[PlannedGrant]:
+        planned = self.plan(ctx)
+        for item in planned:
+            out(item.describe())
+        if not planned:
+            out(f"download {ctx.download_id}: Globus permission already in place")
+        return planned
+
+    def apply(self, ctx: Any, planned: Iterable[PlannedGrant],
+              record: Any) -> int:
+        applied = 0
+        for _item in planned:
+            grant = self.grants.grant(ctx.download_dir, ctx.icat_user,
+                                      email=getattr(ctx, "email", None),
+                                      download_id=ctx.download_id)
+            record({"download_id": ctx.download_id, "hook": self.name,
+                    "kind": "grant-globus-acl", **grant.record(), "at": _now_iso()})
+            applied += 1
+        return applied
+
+    def revoke(self, ctx: Any, records: Iterable[Mapping[str, Any]],
+               record: Any | None = None) -> int:
+        """Delete the recorded rules (a rule Globus no longer has counts as done)."""
+        undone = 0
+        for rec in records:
+            if rec.get("hook") != self.name or rec.get("kind") != "grant-globus-acl":
+                continue
+            if rec.get("collection_id") != self.grants.settings.collection_id:
+                log.warning("download %s: rule %s is on collection %s, not this target's",
+                            ctx.download_id, rec.get("rule_id"), rec.get("collection_id"))
+                continue
+            deleted = self.grants.revoke(str(rec["rule_id"]), download_id=ctx.download_id)
+            undone += 1
+            if record is not None:
+                record({"download_id": ctx.download_id, "hook": self.name,
+                        "kind": "revoke-globus-acl", "rule_id": rec["rule_id"],
+                        "collection_id": rec["collection_id"], "path": rec.get("path"),
+                        "was_present": deleted, "at": _now_iso()})
+        return undone
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()

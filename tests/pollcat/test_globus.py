@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from pollcat.errors import InvalidUserName, PermanentError, TransientError, UnsafePathError
 from pollcat.globus import (
+    GlobusAccessHook,
     GlobusAuthenticationFailed,
     GlobusGrantConflict,
     GlobusGrants,
@@ -232,3 +234,34 @@ def test_reconcile_removes_only_pollcats_orphans(globus, grants):
 def test_folder_link_quotes_the_path():
     assert folder_link("abc", "alice/my run/") == (
         "https://app.globus.org/file-manager?origin_id=abc&origin_path=/alice/my%20run/")
+
+
+@dataclass(frozen=True)
+class Ctx:
+    download_id: int
+    icat_user: str
+    download_dir: str
+    email: str | None = None
+
+
+def test_access_hook_plan_apply_revoke_and_rerun(globus, grants):
+    hook = GlobusAccessHook(grants())
+    ctx = Ctx(11, "simple/alice", "alice/dl-11")
+    ledger: list[dict] = []
+
+    planned = hook.plan(ctx)
+    assert [p.path for p in planned] == ["/alice/dl-11/"]
+    assert rules(globus) == {}                      # planning changes nothing
+    assert hook.apply(ctx, planned, ledger.append) == 1
+    [rec] = ledger
+    assert (rec["hook"], rec["kind"], rec["download_id"], rec["path"]) == (
+        "globus", "grant-globus-acl", 11, "/alice/dl-11/")
+    assert rec["rule_id"] in rules(globus) and rec["collection_id"] == COLLECTION
+    assert SECRET not in repr(rec)
+
+    assert hook.plan(ctx) == []                     # a rerun plans nothing
+
+    undone: list[dict] = []
+    assert hook.revoke(ctx, ledger, undone.append) == 1
+    assert rules(globus) == {} and undone[0]["was_present"] is True
+    assert hook.revoke(ctx, ledger) == 1            # already gone: still done, no error
