@@ -28,9 +28,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pollcat.errors import ConfigurationError, TargetError, TransientError
+from pollcat.errors import (
+    ChecksumMismatch,
+    ConfigurationError,
+    SizeMismatch,
+    TargetError,
+    TransientError,
+)
 from pollcat.layout import check_relpath
-from pollcat.transfer import FileJob, FileResult, _verify, format_crc, parse_crc
+from pollcat.transfer import FileJob, FileResult, crc_matches, format_crc, parse_crc
 
 log = logging.getLogger("pollcat.s3target")
 
@@ -85,6 +91,16 @@ def make_filesystem(settings: S3Settings) -> Any:
                              client_kwargs=client_kwargs, use_listings_cache=False,
                              config_kwargs={"signature_version": "s3v4",
                                             "s3": {"addressing_style": settings.addressing_style}})
+
+
+def _verify(job: FileJob, size: int, crc: int, download_id: int | None) -> None:
+    """The bytes seen must be ICAT's: size first, then CRC32 (a transient error: fetch again)."""
+    if size != job.size:
+        raise SizeMismatch(f"got {size} bytes, ICAT says {job.size}", datafile=job.name,
+                           download_id=download_id)
+    if not crc_matches(job.checksum, crc):
+        raise ChecksumMismatch(f"CRC32 is {format_crc(crc)}, ICAT says {job.checksum}",
+                               datafile=job.name, download_id=download_id)
 
 
 @contextmanager
@@ -205,11 +221,7 @@ class S3Target:
                     upload.feed(data)
                 if upload.size > job.size:
                     break
-            try:
-                _verify(job, upload.size, upload.crc)
-            except TransientError as exc:
-                exc.with_context(download_id=download_id)
-                raise
+            _verify(job, upload.size, upload.crc, download_id)
             with s3_errors(what, datafile=job.name, download_id=download_id):
                 upload.commit()
         except BaseException:
