@@ -43,6 +43,7 @@ log = logging.getLogger("pollcat.s3target")
 MIN_PART = 5 * 1024 * 1024          # S3's minimum for every part but the last
 MAX_PART = 5 * 1024 * 1024 * 1024
 DEFAULT_PART = 16 * 1024 * 1024
+MAX_PARTS = 10_000                  # S3's limit of parts per upload
 MAX_PRESIGN_S = 7 * 24 * 3600       # SigV4 presigned URLs: at most 604800 s
 CRC_META = "pollcat-crc32"
 
@@ -91,6 +92,13 @@ def make_filesystem(settings: S3Settings) -> Any:
                              client_kwargs=client_kwargs, use_listings_cache=False,
                              config_kwargs={"signature_version": "s3v4",
                                             "s3": {"addressing_style": settings.addressing_style}})
+
+
+def part_size_for(size: int, configured: int) -> int:
+    """The configured part size, grown (in whole MiB) so a file fits in S3's 10,000 parts."""
+    needed = -(-size // MAX_PARTS)
+    needed = -(-needed // (1 << 20)) * (1 << 20)
+    return min(max(configured, needed), MAX_PART)
 
 
 def _verify(job: FileJob, size: int, crc: int, download_id: int | None) -> None:
@@ -213,8 +221,8 @@ class S3Target:
         if crc is not None:
             return FileResult(job.datafile_id, job.rel_path, job.size,
                               time.monotonic() - started, crc, skipped=True)
-        upload = _VerifiedUpload(self.fs, self.settings.bucket, key, self.settings.part_size,
-                                 parse_crc(job.checksum))
+        upload = _VerifiedUpload(self.fs, self.settings.bucket, key, part_size_for(
+            job.size, self.settings.part_size), parse_crc(job.checksum))
         try:
             for data in chunks:  # a failing source raises its own error, untranslated
                 with s3_errors(what, datafile=job.name, download_id=download_id):

@@ -24,7 +24,7 @@ from pollcat.errors import (
     TransientError,
     UnsafePathError,
 )
-from pollcat.s3target import MAX_PRESIGN_S, MIN_PART, S3Settings, S3Target
+from pollcat.s3target import MAX_PRESIGN_S, MIN_PART, S3Settings, S3Target, part_size_for
 from pollcat.transfer import FileJob, format_crc
 
 moto_server = pytest.importorskip("moto.server")
@@ -220,3 +220,10 @@ def test_unsafe_keys_and_bad_settings_are_refused(target, endpoint):
     with pytest.raises(ConfigurationError):
         S3Settings(bucket="b", part_size=1024)
     assert SECRET not in repr(S3Settings(bucket="b", secret_access_key=SECRET))
+
+
+def test_part_size_grows_so_huge_files_fit_in_ten_thousand_parts():
+    assert part_size_for(10 * MIN_PART, MIN_PART) == MIN_PART
+    two_tb = 2 * 1024 ** 4
+    size = part_size_for(two_tb, MIN_PART)
+    assert size % (1 << 20) == 0 and -(-two_tb // size) <= 10_000
