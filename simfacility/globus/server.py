@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from simfacility.globus.app import build_app
 from simfacility.globus.state import GlobusState
@@ -19,12 +21,17 @@ class RunningGlobus:
     """Globus Auth + Transfer served by uvicorn in a thread; `url` has no trailing slash."""
 
     def __init__(self, spec: dict[str, Any] | None = None, host: str = "127.0.0.1",
-                 port: int = 0, log_level: str = "warning"):
+                 port: int = 0, log_level: str = "warning", mount: str = ""):
+        """`mount` (e.g. "/globus") serves the emulation below a prefix, as the facility app
+        mounts it; `url` then includes the prefix."""
         self.state = GlobusState(spec)
         self.host = host
         self.port = port or free_port(host)
-        self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(build_app(self.state), host=host, port=self.port,
+        self.url = f"http://{host}:{self.port}{mount.rstrip('/')}"
+        app = build_app(self.state)
+        if mount:
+            app = Starlette(routes=[Mount(mount.rstrip("/"), app=app)])
+        config = uvicorn.Config(app, host=host, port=self.port,
                                 log_level=log_level, lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="sim-globus", daemon=True)
