@@ -8,14 +8,18 @@ reads). `GET /v2/api/identities?usernames=a,b&provision=true` (or `ids=`) answer
 `{"identities": [...]}` with only the identities found: an unknown username is simply absent.
 It accepts a Bearer token for `auth.globus.org` or Basic client credentials.
 
-Not emulated (inferred unnecessary for pollcat): `id_token` (no OpenID configuration or JWKS is
-served, so no `id_token` is issued even when `openid` is requested), refresh tokens, other grants.
+When `openid` is requested the token response carries an RS512-signed `id_token` whose `sub`
+and `aud` are the client id, and `/.well-known/openid-configuration` and `/jwk.json` serve what
+globus-sdk's `IDTokenDecoder` fetches to verify it (a v4 `ClientApp` decodes it to learn its
+identity). Not emulated: refresh tokens and grants other than client credentials.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import time
 from urllib.parse import parse_qsl, unquote
 
 from starlette.applications import Starlette
@@ -27,12 +31,15 @@ from simfacility.globus.errors import AuthApiError, OAuthError
 from simfacility.globus.state import (
     AUTH_RESOURCE_SERVER,
     AUTH_SCOPES,
+    CLIENT_IDENTITY_DOMAIN,
     TOKEN_LIFETIME_S,
     TRANSFER_RESOURCE_SERVER,
     TRANSFER_SCOPE,
     GlobusState,
 )
 
+ID_TOKEN_ALG = "RS512"
+KEY_ID = "sim-globus-auth"
 SCOPE_SERVERS = {TRANSFER_SCOPE: TRANSFER_RESOURCE_SERVER,
                  **{scope: AUTH_RESOURCE_SERVER for scope in AUTH_SCOPES}}
 
@@ -83,7 +90,24 @@ def build(state: GlobusState) -> Starlette:
                            "token_type": "Bearer"})
         body = dict(tokens[0])
         body["other_tokens"] = tokens[1:]
+        if "openid" in scopes:
+            body["id_token"] = _id_token(state, creds[0], _issuer(request))
         return JSONResponse(body)
+
+    async def openid_configuration(request: Request) -> JSONResponse:
+        issuer = _issuer(request)
+        return JSONResponse({"issuer": issuer, "jwks_uri": f"{issuer}/jwk.json",
+                             "token_endpoint": f"{issuer}/v2/oauth2/token",
+                             "id_token_signing_alg_values_supported": [ID_TOKEN_ALG],
+                             "subject_types_supported": ["public"],
+                             "grant_types_supported": ["client_credentials"]})
+
+    async def jwk(request: Request) -> JSONResponse:
+        from jwt.algorithms import RSAAlgorithm
+
+        key = json.loads(RSAAlgorithm.to_jwk(state.signing_key().public_key()))
+        key.update({"alg": ID_TOKEN_ALG, "use": "sig", "kid": KEY_ID})
+        return JSONResponse({"keys": [key]})
 
     async def identities(request: Request) -> JSONResponse:
         if not _authorized_for_auth(state, request):
@@ -105,7 +129,26 @@ def build(state: GlobusState) -> Starlette:
     return Starlette(routes=[
         Route("/v2/oauth2/token", token, methods=["POST"]),
         Route("/v2/api/identities", identities, methods=["GET"]),
+        Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
+        Route("/jwk.json", jwk, methods=["GET"]),
     ])
+
+
+def _issuer(request: Request) -> str:
+    """This Auth's own base URL (with any mount prefix), as Globus's `iss` is its own."""
+    root = request.scope.get("root_path", "")  # the mount prefix(es), e.g. "/globus/auth"
+    return f"{request.url.scheme}://{request.url.netloc}{root}".rstrip("/")
+
+
+def _id_token(state: GlobusState, client_id: str, issuer: str) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": issuer, "sub": client_id, "aud": client_id, "iat": now,
+              "exp": now + TOKEN_LIFETIME_S, "preferred_username": f"{client_id}@"
+              f"{CLIENT_IDENTITY_DOMAIN}", "name": f"client {client_id}"}
+    return jwt.encode(claims, state.signing_key(), algorithm=ID_TOKEN_ALG,
+                      headers={"kid": KEY_ID})
 
 
 def _split(value: str) -> list[str]:

@@ -79,6 +79,21 @@ def test_client_credentials_grant_returns_a_token_per_resource_server(globus):
     assert by_rs["auth.globus.org"]["expires_at_seconds"] > dt.datetime.now().timestamp()
 
 
+def test_id_token_verifies_with_the_sdks_decoder(globus):
+    cc = globus_sdk.ConfidentialAppAuthClient(CLIENT_ID, SECRET)
+    tokens = cc.oauth2_client_credentials_tokens([TRANSFER_SCOPE, "openid"])
+    claims = tokens.decode_id_token()      # fetches the OpenID configuration and the JWK
+    assert (claims["sub"], claims["aud"]) == (CLIENT_ID, CLIENT_ID)
+    assert claims["iss"] == globus.auth_url.rstrip("/")
+
+
+def test_client_app_learns_its_identity_from_the_id_token(globus, app):
+    globus_sdk.AuthClient(app=app).get_identities(usernames="alice@idp.example.org")
+    assert app.token_storage.identity_id == CLIENT_ID
+    paths = [p for _, service, p in globus.state.requests if service == "auth"]
+    assert "/.well-known/openid-configuration" in paths and "/jwk.json" in paths
+
+
 def test_wrong_client_secret_is_refused_with_invalid_client(globus):
     cc = globus_sdk.ConfidentialAppAuthClient(CLIENT_ID, "wrong")
     with pytest.raises(globus_sdk.AuthAPIError) as info:
