@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -154,7 +155,7 @@ class GlobusState:
         self.collections: dict[str, Collection] = {}
         self.faults: list[Fault] = []
         self.notifications: list[dict[str, Any]] = []
-        self.requests: list[tuple[str, str, str]] = []
+        self.requests: deque[tuple[str, str, str]] = deque(maxlen=10_000)
         self._signing_key: Any = None
         for client in spec.get("clients", []):
             self.add_client(client["id"], client["secret"])
