@@ -269,7 +269,7 @@ class GlobusGrants:
                         f"(not 'r') on {path} through rule {rule['id']}",
                         download_id=download_id, service=GlobusService.TRANSFER,
                         status=409, code=TransferCode.EXISTS)
-                if rule.get("expiration_date") != expires:
+                if _parse_time(rule.get("expiration_date")) != _parse_time(expires):
                     self._call(self.transfer.update_endpoint_acl_rule,
                                self.settings.collection_id, rule["id"],
                                {"DATA_TYPE": "access", "expiration_date": expires},
@@ -294,21 +294,29 @@ class GlobusGrants:
         log.info("download %s: Globus rule %s deleted", download_id, rule_id)
         return True
 
-    def reconcile(self, live_directories: Iterable[str], *,
-                  managed_prefix: str = "/") -> list[OrphanRule]:
+    def reconcile(self, live_directories: Iterable[str], *, managed_prefix: str,
+                  min_age: dt.timedelta = dt.timedelta(hours=1),
+                  now: dt.datetime | None = None) -> list[OrphanRule]:
         """Delete pollcat's rules whose folder is not among `live_directories`.
 
         pollcat's rules are the identity `r` rules on folders under `managed_prefix` (the part
-        of the collection pollcat delivers into); role rules, group, anonymous, and `rw`
-        rules are someone else's and never touched."""
+        of the collection pollcat delivers into; required, so a shared collection's other
+        permissions are never at risk); role rules, group, anonymous and `rw` rules are
+        someone else's and never touched. `live_directories` must include downloads being
+        delivered; rules younger than `min_age` are kept anyway, so a grant made while the
+        live set was being read is not taken back."""
         live = {rule_path(d) for d in live_directories}
         prefix = "/" if managed_prefix.strip("/") == "" else rule_path(managed_prefix)
+        cutoff = (now or dt.datetime.now(dt.UTC)) - min_age
         removed = []
         for rule in self.list_rules(None):
             if not rule.get("id") or rule.get("principal_type") != "identity":
                 continue
             path = rule.get("path") or ""
             if rule.get("permissions") != READ or not path.startswith(prefix) or path in live:
+                continue
+            created = _parse_time(rule.get("create_time"))
+            if created is not None and created > cutoff:
                 continue
             self.revoke(str(rule["id"]))
             removed.append(OrphanRule(rule_id=str(rule["id"]), path=path,
@@ -456,6 +464,17 @@ class GlobusAccessHook:
                         "collection_id": rec["collection_id"], "path": rec.get("path"),
                         "was_present": deleted, "at": _now_iso()})
         return undone
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    """A Globus timestamp as an aware datetime (None if absent or unreadable)."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _now_iso() -> str:

@@ -222,13 +222,16 @@ def test_reconcile_removes_only_pollcats_orphans(globus, grants):
         "id": "grp-1", "principal_type": "group", "principal": str(uuid.uuid4()),
         "permissions": "r", "path": "/deliveries/bob/dl-4/", "expiration_date": None}
 
-    removed = g.reconcile(["deliveries/alice/dl-1"], managed_prefix="deliveries")
+    assert g.reconcile(["deliveries/alice/dl-1"], managed_prefix="deliveries") == []  # young
+    removed = g.reconcile(["deliveries/alice/dl-1"], managed_prefix="deliveries",
+                          min_age=dt.timedelta(0))
 
     assert [(o.rule_id, o.path) for o in removed] == [(orphan.rule_id,
                                                        "/deliveries/alice/dl-2/")]
     assert set(rules(globus)) == {live.rule_id, outside.rule_id, "rw-1", "grp-1"}
     assert globus.state.collections[COLLECTION].roles  # the role rule is untouched
-    assert g.reconcile(["deliveries/alice/dl-1"], managed_prefix="deliveries") == []
+    assert g.reconcile(["deliveries/alice/dl-1"], managed_prefix="deliveries",
+                       min_age=dt.timedelta(0)) == []
 
 
 def test_folder_link_quotes_the_path():
