@@ -20,6 +20,7 @@ days); the manifest lists the objects. Keys follow the layout: `<prefix>/<rel_pa
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 import zlib
@@ -31,6 +32,7 @@ from typing import Any
 from pollcat.errors import (
     ChecksumMismatch,
     ConfigurationError,
+    ResumeNotSupported,
     SizeMismatch,
     TargetError,
     TransientError,
@@ -46,6 +48,10 @@ DEFAULT_PART = 16 * 1024 * 1024
 MAX_PARTS = 10_000                  # S3's limit of parts per upload
 MAX_PRESIGN_S = 7 * 24 * 3600       # SigV4 presigned URLs: at most 604800 s
 CRC_META = "pollcat-crc32"
+
+#: Source errors that mean "the connection broke": reopen at the current offset.
+SOURCE_BROKEN: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException,
+                                                   TransientError)
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,45 @@ class _VerifiedUpload:
         self.upload_id = None
 
 
+class _ResumingSource:
+    """The bytes of `job.open(offset)`, reopened at the offset reached when the source breaks."""
+
+    def __init__(self, job: FileJob, chunk: int, max_resumes: int):
+        self.job, self.chunk, self.max_resumes = job, chunk, max_resumes
+        self.resumes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert self.job.open is not None
+        offset = 0
+        source = self.job.open(0)
+        try:
+            while True:
+                try:
+                    data = source.read(self.chunk)
+                except SOURCE_BROKEN as exc:
+                    if isinstance(exc, ResumeNotSupported) or self.resumes >= self.max_resumes:
+                        raise
+                    self.resumes += 1
+                    log.info("%s: source broke at byte %d (%s); reopening", self.job.name,
+                             offset, exc)
+                    _close_quietly(source)
+                    source = self.job.open(offset)
+                    continue
+                if not data:
+                    return
+                offset += len(data)
+                yield data
+        finally:
+            _close_quietly(source)
+
+
+def _close_quietly(source: Any) -> None:
+    try:
+        source.close()
+    except Exception as exc:  # a broken source may fail to close too
+        log.debug("closing a source failed: %s", exc)
+
+
 class S3Target:
     """Deliver files and the manifest of downloads into one bucket/prefix."""
 
@@ -239,6 +284,18 @@ class S3Target:
                  self.settings.bucket, key, upload.size, format_crc(upload.crc))
         return FileResult(job.datafile_id, job.rel_path, upload.size,
                           time.monotonic() - started, upload.crc, fetched=upload.size)
+
+    def deliver(self, job: FileJob, *, chunk: int = 1 << 20, max_resumes: int = 5,
+                download_id: int | None = None) -> FileResult:
+        """Fetch `job.open(offset)` into `write_file`, reopening at the current offset when
+        the source breaks (the parts already sent stay in the upload), up to `max_resumes`
+        times; a source that cannot resume (`ResumeNotSupported`) fails the attempt."""
+        if job.open is None:
+            raise ValueError(f"datafile {job.name!r} has no source to open")
+        stream = _ResumingSource(job, chunk, max_resumes)
+        result = self.write_file(job, stream, download_id=download_id)
+        result.resumed = stream.resumes
+        return result
 
     def _existing_match(self, key: str, job: FileJob) -> int | None:
         try:

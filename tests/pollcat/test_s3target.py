@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -227,3 +228,38 @@ def test_part_size_grows_so_huge_files_fit_in_ten_thousand_parts():
     two_tb = 2 * 1024 ** 4
     size = part_size_for(two_tb, MIN_PART)
     assert size % (1 << 20) == 0 and -(-two_tb // size) <= 10_000
+
+
+class Flaky(io.BytesIO):
+    """A source that breaks once it has served `fail_after` bytes."""
+
+    def __init__(self, data: bytes, fail_after: int | None):
+        super().__init__(data)
+        self.fail_after = fail_after
+
+    def read(self, n: int = -1) -> bytes:
+        if self.fail_after is not None and self.tell() >= self.fail_after:
+            raise ConnectionResetError("connection reset by IDS")
+        return super().read(n)
+
+
+def test_deliver_reopens_a_broken_source_at_the_offset_reached(target):
+    opened: list[int] = []
+
+    def open_at(offset: int) -> Flaky:
+        opened.append(offset)
+        return Flaky(BIG[offset:], MIN_PART + (1 << 20) if offset == 0 else None)
+
+    job = job_for(BIG)
+    job.open = open_at
+    result = target.deliver(job, download_id=4)
+    assert opened == [0, MIN_PART + (1 << 20)] and result.resumed == 1
+    assert target.fs.cat(target.path_for(job.rel_path)) == BIG and uploads(target) == []
+
+
+def test_deliver_gives_up_after_max_resumes_and_leaves_nothing(target):
+    job = job_for(BIG)
+    job.open = lambda offset: Flaky(BIG[offset:], 0)
+    with pytest.raises(ConnectionResetError):
+        target.deliver(job, max_resumes=2)
+    assert objects(target) == [] and uploads(target) == []
