@@ -339,15 +339,24 @@ class S3Target:
                 self.fs.rm(path, recursive=True)
 
     def abort_incomplete_uploads(self, rel_prefix: str = "") -> list[str]:
-        """Abort the multipart uploads a killed run left under the prefix; returns their keys."""
-        prefix = self.key_for(rel_prefix.strip("/")) if rel_prefix.strip("/") else (
-            self.settings.prefix.strip("/"))
-        aborted = []
-        with s3_errors(f"listing incomplete uploads under {prefix!r}"):
-            listing = self.fs.call_s3("list_multipart_uploads", Bucket=self.settings.bucket,
-                                      Prefix=prefix)
-            for upload in listing.get("Uploads", []):
-                self.fs.call_s3("abort_multipart_upload", Bucket=self.settings.bucket,
-                                Key=upload["Key"], UploadId=upload["UploadId"])
-                aborted.append(upload["Key"])
-        return aborted
+        """Abort the multipart uploads a killed run left under `rel_prefix` (a download's
+        directory, before it is delivered again or removed); returns their keys.
+
+        Not for a prefix with deliveries in flight: their uploads would be aborted too (their
+        completion then fails and the file is fetched again)."""
+        rel = rel_prefix.strip("/")
+        prefix = self.key_for(rel) + "/" if rel else self.settings.prefix.strip("/")
+        aborted: list[str] = []
+        markers: dict[str, str] = {}
+        with s3_errors(f"aborting incomplete uploads under {prefix!r}"):
+            while True:
+                listing = self.fs.call_s3("list_multipart_uploads", Bucket=self.settings.bucket,
+                                          Prefix=prefix, **markers)
+                for upload in listing.get("Uploads", []):
+                    self.fs.call_s3("abort_multipart_upload", Bucket=self.settings.bucket,
+                                    Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted.append(upload["Key"])
+                if not listing.get("IsTruncated"):
+                    return aborted
+                markers = {"KeyMarker": listing["NextKeyMarker"],
+                           "UploadIdMarker": listing["NextUploadIdMarker"]}

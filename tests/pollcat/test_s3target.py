@@ -263,3 +263,11 @@ def test_deliver_gives_up_after_max_resumes_and_leaves_nothing(target):
     with pytest.raises(ConnectionResetError):
         target.deliver(job, max_resumes=2)
     assert objects(target) == [] and uploads(target) == []
+
+
+def test_abort_incomplete_uploads_is_scoped_to_the_download(target):
+    for rel in ("alice/dl-1/a.nxs", "alice/dl-10/b.nxs"):
+        target.fs.call_s3("create_multipart_upload", Bucket=target.settings.bucket,
+                          Key=target.key_for(rel))
+    assert target.abort_incomplete_uploads("alice/dl-1") == ["users/alice/dl-1/a.nxs"]
+    assert [u["Key"] for u in uploads(target)] == ["users/alice/dl-10/b.nxs"]
