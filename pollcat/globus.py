@@ -323,6 +323,19 @@ class GlobusGrants:
                                       principal=rule.get("principal", "")))
         return removed
 
+    def preflight(self) -> str | None:
+        """Check the block before any delivery: the credentials work and the collection's
+        permissions can be read. Returns the client's managing role when the list shows it
+        (an implicit role rule for the client's identity), else None (the role may come
+        through a group; creating a rule will tell). Raises the same errors as `grant`."""
+        for rule in self.list_rules(None):
+            if rule.get("role_id") and rule.get("principal") == self.settings.client_id:
+                return str(rule.get("role_type"))
+        log.warning("Globus collection %s lists no role for client %s; granting needs "
+                    "access_manager or administrator", self.settings.collection_id,
+                    self.settings.client_id)
+        return None
+
     def list_rules(self, download_id: int | None = None) -> list[dict[str, Any]]:
         response = self._call(self.transfer.endpoint_acl_list, self.settings.collection_id,
                               action="listing the collection's permissions",

@@ -22,7 +22,7 @@ from pollcat.globus import (
     GlobusUnavailable,
     folder_link,
 )
-from simfacility.globus import RunningGlobus, running_globus
+from simfacility.globus import Role, RunningGlobus, running_globus
 
 CLIENT_ID = str(uuid.uuid4())
 SECRET = "pollcat-client-secret-value"
@@ -268,3 +268,11 @@ def test_access_hook_plan_apply_revoke_and_rerun(globus, grants):
     assert hook.revoke(ctx, ledger, undone.append) == 1
     assert rules(globus) == {} and undone[0]["was_present"] is True
     assert hook.revoke(ctx, ledger) == 1            # already gone: still done, no error
+
+
+def test_preflight_reports_the_role_or_the_failure(globus, grants):
+    assert grants().preflight() == "access_manager"
+    globus.state.collections[FOREIGN].roles[CLIENT_ID] = Role.RESTRICTED_ADMINISTRATOR
+    assert grants(collection_id=FOREIGN).preflight() is None   # can read, role not shown
+    with pytest.raises(GlobusAuthenticationFailed):
+        grants(client_secret="wrong-secret").preflight()
