@@ -320,13 +320,15 @@ class PosixAccessHook:
                record: Record | None = None) -> int:
         """Undo recorded grants (newest first) where their objects still exist.
 
+        `records` are the ones the caller chose (normally this download's; retention adds the
+        traverse grants of a user's earlier deliveries when their last one goes).
+
         An ACL entry is removed, or set back to what it was before; a mode or owner is set back
         only while it is still what pollcat set (someone may have changed it since). Created
         accounts are kept (they may own more than this delivery). Returns how many changes.
         """
         undone = 0
-        actions = [Action.from_record(r) for r in records
-                   if int(r.get("download_id", ctx.download_id)) == ctx.download_id]
+        actions = [Action.from_record(r) for r in records]
         with open_root(ctx.root, download_id=ctx.download_id) as root_fd:
             for action in reversed(actions):
                 if action.kind not in (ActionKind.GRANT_ACL, ActionKind.SET_MODE,
