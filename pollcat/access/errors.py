@@ -68,3 +68,8 @@ class RemoteHelperFailed(AccessError):
 class RetentionRefused(AccessError):
     """A delivery cannot be removed safely: its manifest is missing or does not match the
     ledger record, or its path leaves the target root. Nothing is removed."""
+
+
+class RemoteHelperUnreachable(TransientError):
+    """ssh could not reach the target's helper (connection refused, timeout, host key not
+    yet known): retried."""
