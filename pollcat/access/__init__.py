@@ -6,8 +6,8 @@ target's retention period and revokes the grants recorded in the ledger.
 """
 
 from pollcat.access.actions import Action, ActionKind, Scope, format_plan
-from pollcat.access.hooks import AccessContext, PosixAccessHook
+from pollcat.access.hooks import AccessContext, AccessHook, PosixAccessHook, grant_access
 from pollcat.access.policy import AccessPolicy, AccountsMode, OnMissing
 
-__all__ = ["AccessContext", "AccessPolicy", "AccountsMode", "Action", "ActionKind", "OnMissing",
-           "PosixAccessHook", "Scope", "format_plan"]
+__all__ = ["AccessContext", "AccessHook", "AccessPolicy", "AccountsMode", "Action", "ActionKind",
+           "OnMissing", "PosixAccessHook", "Scope", "format_plan", "grant_access"]

@@ -13,6 +13,8 @@ owning group and other entries are the file mode, which the hook sets with fchmo
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -78,6 +80,28 @@ class AclState:
     has_default: bool
 
 
+ACCESS_XATTR = "system.posix_acl_access"
+DEFAULT_XATTR = "system.posix_acl_default"
+
+
+def _no_acl_xattrs(fd: int) -> bool:
+    """True when the object certainly has a minimal ACL (neither ACL attribute is set).
+
+    Anything else (an ACL is set, or the filesystem answers ENOTSUP) goes to getfacl, which
+    reads it or reports the real problem.
+    """
+    for name in (ACCESS_XATTR, DEFAULT_XATTR):
+        try:
+            os.getxattr(fd, name)
+            return False
+        except OSError as exc:
+            absent = exc.errno == errno.ENODATA or (
+                name == DEFAULT_XATTR and exc.errno == errno.EACCES)  # files: no default ACL
+            if not absent:
+                return False
+    return True
+
+
 class SetfaclBackend:
     """Reads and changes named ACL entries of an open descriptor through the acl tools."""
 
@@ -86,6 +110,9 @@ class SetfaclBackend:
 
     def read(self, fd: int, *, download_id: int | None = None,
              path: str | None = None) -> AclState:
+        """Named entries and flags; a fresh file with no ACL xattr costs no subprocess."""
+        if _no_acl_xattrs(fd):
+            return AclState(named={}, extended=False, has_default=False)
         tool = find_tool("getfacl", AclToolFailed, download_id=download_id)
         out = run_tool([tool, "--numeric", "--omit-header", "--absolute-names", "--no-effective",
                         "--", proc_path(fd)], error=AclToolFailed, timeout=self.timeout,

@@ -32,7 +32,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from pollcat.access.accounts import (
     Account,
@@ -72,6 +72,38 @@ class AccessContext:
     root: str
     download_dir: str
     files: Sequence[str] = field(default_factory=tuple)
+
+
+class AccessHook(Protocol):
+    """What the pipeline needs from any access hook (local POSIX, SFTP, SSH helper)."""
+
+    name: str
+
+    def plan(self, ctx: AccessContext) -> list[Action]: ...
+
+    def apply(self, ctx: AccessContext, actions: Iterable[Action], record: Record) -> int: ...
+
+    def revoke(self, ctx: AccessContext, records: Iterable[Mapping[str, Any]],
+               record: Record | None = None) -> int: ...
+
+    def dry_run(self, ctx: AccessContext, out: Callable[[str], None] = print) -> list[Action]: ...
+
+
+def grant_access(hook: AccessHook, ctx: AccessContext, record: Record, *,
+                 dry_run: bool = False, out: Callable[[str], None] = print) -> list[Action]:
+    """The one call the pipeline makes after verification and before COMPLETE.
+
+    Plans, then applies (recording every change) unless `dry_run`, in which case the plan is
+    printed and nothing changes. Returns the plan. Errors are pollcat errors naming the
+    download and the path: PermanentError (refused name, missing account with `on_missing:
+    fail`, unsafe object, a failing tool) or TransientError (AccountHold, which asks for an
+    operator alert, a tool timeout, an unreachable SSH helper).
+    """
+    if dry_run:
+        return hook.dry_run(ctx, out)
+    actions = hook.plan(ctx)
+    hook.apply(ctx, actions, record)
+    return actions
 
 
 @dataclass(frozen=True)

@@ -103,11 +103,13 @@ class AccessPolicy:
     tool_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "accounts", AccountsMode(self.accounts))
-            object.__setattr__(self, "on_missing", OnMissing(self.on_missing))
-        except ValueError as exc:
-            raise ConfigurationError(f"access policy: {exc}") from exc
+        for name, enum in (("accounts", AccountsMode), ("on_missing", OnMissing)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"access policy {name} {getattr(self, name)!r} is not one of "
+                    f"{', '.join(e.value for e in enum)}") from exc
         object.__setattr__(self, "file_mode", _parse_mode("file_mode", self.file_mode))
         object.__setattr__(self, "dir_mode", _parse_mode("dir_mode", self.dir_mode))
         self._check_accounts()
@@ -136,6 +138,11 @@ class AccessPolicy:
         if not self.useradd_home.startswith("/") or not self.useradd_shell.startswith("/"):
             raise ConfigurationError("access policy useradd_home and useradd_shell must be "
                                      "absolute paths")
+        for value in (self.useradd_home, self.useradd_shell):
+            if ":" in value or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+                raise ConfigurationError(
+                    f"access policy: {value!r} may not contain ':' or control characters "
+                    "(they would corrupt /etc/passwd)")
         try:
             used = {name for _l, name, _s, _c in string.Formatter().parse(self.useradd_home)
                     if name is not None}
