@@ -305,3 +305,18 @@ def test_useradd_failure_is_a_clear_permanent_reason(tmp_path, target_root):  # 
     with pytest.raises(AccountCreationFailed) as err:
         run_hook(hook, ctx_for(target_root, account="pcnew"))
     assert "useradd failed" in str(err.value) and "download 42" in str(err.value)
+
+
+def test_no_accounts_mode_grants_a_group_only(account_db, target_root, people):  # noqa: F811
+    alice, _bob = people
+    staff = account_db.add_user("pcstaff")
+    team = account_db.add_group("pcgroup")
+    deliver(target_root)
+    policy = AccessPolicy(accounts="none", acl_user=False, acl_group="pcgroup",
+                          account_db_root=str(account_db.root))
+    ctx = AccessContext(download_id=42, icat_user="simple/pcalice", account=None,
+                        root=str(target_root), download_dir=DL, files=FILES)
+    run_hook(PosixAccessHook(policy), ctx)
+    for path in delivered_objects(target_root):
+        assert can_read(staff, path, extra_groups=(team,)), path
+        assert not can_read(alice, path), path

@@ -94,3 +94,20 @@ def test_getfacl_parsing_and_perm_union():
                                    AclKey(False, AclTag.GROUP, 50): "r-x",
                                    AclKey(True, AclTag.USER, 1001): "r-x"}
     assert perms_union("r--", "--x") == "r-x" and perms_union("---", "--x") == "--x"
+
+
+def test_command_line_flags_build_the_policy():
+    import argparse
+
+    from pollcat.access.cli_args import add_access_arguments, policy_from_arguments
+    parser = argparse.ArgumentParser()
+    add_access_arguments(parser)
+    assert policy_from_arguments(parser.parse_args([])) == AccessPolicy()
+    policy = policy_from_arguments(parser.parse_args(
+        ["--accounts", "create", "--on-missing-account", "hold", "--file-mode", "0644",
+         "--acl-group", "staff", "--retention-days", "15", "--no-default-acl"]))
+    assert policy.accounts is AccountsMode.CREATE and policy.file_mode == 0o644
+    assert policy.acl_group == "staff" and not policy.default_acl
+    assert policy.retention_days == 15
+    with pytest.raises(ConfigurationError, match="ACL mask"):
+        policy_from_arguments(parser.parse_args(["--file-mode", "0600"]))
