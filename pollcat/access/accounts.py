@@ -185,8 +185,15 @@ def create_account(policy: AccessPolicy, directory: AccountDirectory, name: str,
     created = existing is None
     if existing is None:
         tool = find_tool("useradd", AccountCreationFailed, download_id=download_id)
-        run_tool(useradd_argv(policy, name, tool), error=AccountCreationFailed,
-                 timeout=policy.tool_timeout, download_id=download_id)
+        try:
+            run_tool(useradd_argv(policy, name, tool), error=AccountCreationFailed,
+                     timeout=policy.tool_timeout, download_id=download_id)
+        except AccountCreationFailed:
+            # another worker delivering to the same new user may have won the race
+            existing = directory.user(name)
+            if existing is None:
+                raise
+            created = False
         existing = directory.user(name)
         if existing is None:
             raise AccountCreationFailed(

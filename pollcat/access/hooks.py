@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 Record = Callable[[dict[str, Any]], None]
 
+#: Stands for the uid of an account the plan creates: a dry run can show the grants, and
+#: `apply` plans again once the account exists, so this value never reaches setfacl.
+NEW_ACCOUNT_UID = -1
+
 FILE_PERMS = "r--"
 DIR_PERMS = "r-x"
 TRAVERSE_PERMS = "--x"
@@ -190,7 +194,7 @@ class PosixAccessHook:
                 grants = [(False, DIR_PERMS)] + ([(True, DIR_PERMS)]
                                                  if self.policy.default_acl else [])
             for default, perms in grants:
-                key = AclKey(default, tag, -1 if qualifier is None else qualifier)
+                key = AclKey(default, tag, NEW_ACCOUNT_UID if qualifier is None else qualifier)
                 have = current.get(key) if qualifier is not None else None
                 if target.scope is Scope.TRAVERSE and have is not None:
                     perms = perms_union(have, perms)
@@ -225,7 +229,7 @@ class PosixAccessHook:
                                           target.scope, account=name, uid=uid, acl=wanted,
                                           previous=previous))
             if target.scope is Scope.DOWNLOAD and (p.chown_user or owner_gid is not None):
-                want_uid = (uid if uid is not None else -1) if p.chown_user else None
+                want_uid = (uid if uid is not None else NEW_ACCOUNT_UID) if p.chown_user else None
                 if (want_uid is not None and want_uid != st.st_uid) or \
                         (owner_gid is not None and owner_gid != st.st_gid):
                     actions.append(Action(ActionKind.SET_OWNER, target.path, target.kind,

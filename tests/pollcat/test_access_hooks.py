@@ -320,3 +320,28 @@ def test_no_accounts_mode_grants_a_group_only(account_db, target_root, people): 
     for path in delivered_objects(target_root):
         assert can_read(staff, path, extra_groups=(team,)), path
         assert not can_read(alice, path), path
+
+
+def test_create_mode_survives_losing_the_useradd_race(account_db, target_root):  # noqa: F811
+    """Another worker created the account between our lookup and our useradd."""
+    deliver(target_root)
+    real = account_db.directory
+    lookups = {"n": 0}
+
+    class LateDirectory:
+        def user(self, name):
+            lookups["n"] += 1
+            if lookups["n"] == 2:  # create_account's own check: pretend still missing...
+                account_db.add_user(name)  # ...while the other worker creates it
+                return None
+            return real.user(name)
+
+        def group(self, name):
+            return real.group(name)
+
+    policy = AccessPolicy(accounts="create", account_db_root=str(account_db.root))
+    hook = PosixAccessHook(policy, directory=LateDirectory())
+    records = run_hook(hook, ctx_for(target_root, account="pcrace"))
+    assert "create-account" not in {r["kind"] for r in records}  # we did not create it
+    assert real.user("pcrace") is not None
+    assert hook.plan(ctx_for(target_root, account="pcrace")) == []
