@@ -283,11 +283,7 @@ class PosixAccessHook:
         """
         actions = list(actions)
         applied = 0
-        placeholder = any(a.kind is ActionKind.CREATE_ACCOUNT or (
-            a.account is not None and a.uid is None and (
-                a.kind is ActionKind.GRANT_ACL and self.policy.acl_user or
-                a.kind is ActionKind.SET_OWNER and self.policy.chown_user)) for a in actions)
-        if placeholder:
+        if any(self._refers_to_new_account(a) for a in actions):
             created, new = create_account(self.policy, self.directory, str(ctx.account),
                                           download_id=ctx.download_id)
             if new:
@@ -300,13 +296,23 @@ class PosixAccessHook:
             actions = self.plan(ctx)
         with open_root(ctx.root, download_id=ctx.download_id) as root_fd:
             for action in actions:
-                if action.kind is ActionKind.CREATE_ACCOUNT:
-                    continue
+                if self._refers_to_new_account(action):  # the account vanished again
+                    raise AccessError(f"account {ctx.account!r} does not exist after creating "
+                                      "it", download_id=ctx.download_id, datafile=action.path)
                 done = self._apply_one(ctx, root_fd, action)
                 if done is not None:
                     record(done.to_record(ctx.download_id, self.name))
                     applied += 1
         return applied
+
+    def _refers_to_new_account(self, action: Action) -> bool:
+        """Whether the action was planned before its account existed (see NEW_ACCOUNT_UID)."""
+        if action.kind is ActionKind.CREATE_ACCOUNT:
+            return True
+        if action.kind is ActionKind.GRANT_ACL:
+            return any(key.qualifier == NEW_ACCOUNT_UID for key in action.acl)
+        return action.kind is ActionKind.SET_OWNER and self.policy.chown_user and \
+            action.uid is None
 
     def _apply_one(self, ctx: AccessContext, root_fd: int, action: Action) -> Action | None:
         """Make the change if still needed; the action as applied, or None."""

@@ -345,3 +345,21 @@ def test_create_mode_survives_losing_the_useradd_race(account_db, target_root): 
     assert "create-account" not in {r["kind"] for r in records}  # we did not create it
     assert real.user("pcrace") is not None
     assert hook.plan(ctx_for(target_root, account="pcrace")) == []
+
+
+def test_create_mode_dry_run_then_chown_to_the_new_account(account_db, target_root):  # noqa: F811
+    deliver(target_root)
+    policy = AccessPolicy(accounts="create", account_db_root=str(account_db.root),
+                          chown_user=True, acl_user=False, file_mode="0600", dir_mode="0700")
+    hook = PosixAccessHook(policy)
+    ctx = ctx_for(target_root, account="pcfresh")
+    lines: list[str] = []
+    plan = hook.dry_run(ctx, lines.append)
+    assert "create account 'pcfresh'" in lines[0] and "pcfresh(new)" in lines[0]
+    assert account_db.directory.user("pcfresh") is None  # the dry run created nothing
+    hook.apply(ctx, plan, lambda r: None)
+    created = account_db.directory.user("pcfresh")
+    assert created is not None
+    for path in delivered_objects(target_root):
+        assert path.stat().st_uid == created.uid
+        assert can_read(Person("pcfresh", created.uid, created.gid), path)
