@@ -1,4 +1,5 @@
-"""`pollcat sweep`: one sweep from the command line, the same state machine as the Prefect flows.
+"""`pollcat sweep` / `pollcat check`: one sweep from the command line (the same state machine as
+the Prefect flows), or a check of services, privileges and targets that changes nothing.
 
 For cron-like use and debugging. The flags are generated from `pollcat.config` (one name, one
 default, one description per setting: `--poll-budget-seconds` is the block field
@@ -25,8 +26,10 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from pollcat import logsafe
+from pollcat.check import all_ok, format_results, run_checks
 from pollcat.config import FacilityConfig, PipelineConfig, SweepSettings, TargetConfig
 from pollcat.errors import ConfigurationError, PollcatError
+from pollcat.facility import FacilityClients
 from pollcat.pipeline import Pipeline
 from pollcat.report import format_table, table_rows
 
@@ -77,7 +80,14 @@ def _values(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pollcat", description="Deliver TopCAT downloads.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sweep", help="run one sweep of a facility")
+    _configured(sub, "sweep", "run one sweep of a facility")
+    _configured(sub, "check", "check services, privileges and targets; change nothing")
+    return p
+
+
+def _configured(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand that takes the whole configuration as flags."""
+    s = sub.add_parser(name, help=help_text)
     s.add_argument("--route", action="append", default=[], metavar="TRANSPORT=TARGET_URL",
                    required=True,
                    help="deliver TRANSPORT downloads to this fsspec URL (repeatable)")
@@ -88,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     add_model_flags(s, FacilityConfig)
     add_model_flags(s, SweepSettings)
     add_model_flags(s, TargetConfig, skip={"url"})  # every routed target; URLs: --route
-    return p
+    return s
 
 
 def _routes(values: list[str]) -> dict[str, str]:
@@ -128,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     logsafe.install()
     try:
-        pipeline = Pipeline(build_config(args))
+        cfg = build_config(args)
+        if args.command == "check":
+            return _check(cfg, args.json)
+        pipeline = Pipeline(cfg)
     except (ConfigurationError, ValidationError) as exc:
         print(f"pollcat: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -149,6 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(outcomes))
     return EXIT_OK
+
+
+def _check(cfg: PipelineConfig, as_json: bool) -> int:
+    clients = FacilityClients(cfg.facility)
+    try:
+        results = run_checks(cfg, clients)
+    finally:
+        clients.close()
+    if as_json:
+        json.dump([{"check": r.what, "verdict": str(r.verdict), "detail": logsafe.redact(r.detail)}
+                   for r in results], sys.stdout, indent=1)
+        print()
+    else:
+        print(format_results(results))
+    return EXIT_OK if all_ok(results) else EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -105,3 +105,18 @@ def test_deliver_flow_by_id_and_masked_secrets(make_sim, tmp_path):
 
     data = run_coro_as_sync(doc()).data
     assert data["password"] != "pollpass" and "pollpass" not in str(data)
+
+
+def test_check_flow_passes_and_fails_by_the_blocks(make_sim, tmp_path):
+    from pollcat.flows.check import check
+
+    sim = make_sim(scenario())
+    _blocks(sim, tmp_path, "checktest")
+    for t in ("globus", "scarf"):
+        (tmp_path / "out" / t).mkdir(parents=True)
+    lines = check(facility="checktest")
+    assert any("logged in as simple/pollcat" in line for line in lines)
+    DeliveryTarget(url=f"file://{tmp_path / 'nowhere'}").save("checktest-scarf",
+                                                              overwrite=True)
+    state = check(facility="checktest", return_state=True)
+    assert state.is_failed() and "target scarf reachable" in state.message
