@@ -1,5 +1,6 @@
-"""`pollcat sweep` / `pollcat check`: one sweep from the command line (the same state machine as
-the Prefect flows), or a check of services, privileges and targets that changes nothing.
+"""`pollcat sweep` / `check` / `cleanup`: one sweep from the command line (the same state
+machine as the Prefect flows), a check of services, privileges and targets that changes nothing,
+or retention (removing old deliveries and revoking their grants; `--dry-run` prints the plan).
 
 For cron-like use and debugging. The flags are generated from `pollcat.config` (one name, one
 default, one description per setting: `--poll-budget-seconds` is the block field
@@ -82,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _configured(sub, "sweep", "run one sweep of a facility")
     _configured(sub, "check", "check services, privileges and targets; change nothing")
+    c = _configured(sub, "cleanup", "remove deliveries older than their target's retention")
+    c.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     return p
 
 
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(cfg, args.json)
         pipeline = Pipeline(cfg)
+        if args.command == "cleanup":
+            return pipeline.cleanup(dry_run=args.dry_run)
     except (ConfigurationError, ValidationError) as exc:
         print(f"pollcat: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

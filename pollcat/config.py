@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from pollcat.access.policy import AccessPolicy
 from pollcat.errors import ConfigurationError
 from pollcat.layout import DEFAULT_LAYOUT, USER_RULES, download_template
 
@@ -102,6 +103,15 @@ class TargetConfig(BaseModel):
                            description="Hard-link from main storage when on the same filesystem.")
     custom_value: str | None = Field(
         default=None, description="TopCAT customValue template, e.g. 'Your data: {path}'.")
+    access: dict[str, Any] | None = Field(
+        default=None,
+        description="Accounts, permissions and retention of delivered data (docs/access.md), "
+                    "e.g. {\"accounts\": \"existing\", \"retention_days\": 15}; unset: files "
+                    "stay as the service account writes them.")
+
+    @property
+    def access_policy(self) -> AccessPolicy | None:
+        return AccessPolicy.from_mapping(self.access) if self.access is not None else None
 
     @field_validator("user_rule")
     @classmethod
@@ -115,6 +125,12 @@ class TargetConfig(BaseModel):
     def _consistent(self) -> TargetConfig:
         if self.source == SourceKind.STORAGE and not self.storage_url:
             raise ConfigurationError("source=storage needs storage_url (the IDS main storage)")
+        if self.access is not None:
+            self.access_policy  # noqa: B018 - validates the policy now, not at delivery
+            if urlparse(self.url).scheme not in ("", "file", "local"):
+                raise ConfigurationError(
+                    f"{self.url}: access policies are applied on local (or locally mounted) "
+                    "targets; for SFTP use the forced-command helper (deploy/sftp-helper)")
         prefix = download_template(self.layout)
         if "{download}" not in prefix and "{download_id}" not in prefix:
             raise ConfigurationError(

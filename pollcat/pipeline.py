@@ -24,8 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlparse
 
 from pollcat import logsafe
+from pollcat.access import AccessContext, PosixAccessHook, grant_access
+from pollcat.access.retention import cleanup_command
 from pollcat.config import PipelineConfig
 from pollcat.delivery import DeliveryPlan, plan_delivery, transfer_unless_delivered
 from pollcat.errors import (
@@ -43,7 +46,8 @@ from pollcat.errors import (
     VerificationError,
 )
 from pollcat.facility import FacilityClients
-from pollcat.state import LedgerRecord, StateStore, fingerprint
+from pollcat.layout import map_user
+from pollcat.state import LedgerRecord, StateStore, fingerprint, now_iso
 from pollcat.states import DownloadStatus, OutcomeKind, Verdict
 from pollcat.topcat import Download
 from pollcat.transfer import FileResult
@@ -281,9 +285,11 @@ class Pipeline:
                                             self.facility_name, total, on_progress)
         for hook in self.hooks:
             hook(plan, results)
+        self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
         self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
-                          files=len(plan.jobs), bytes=total, mismatch_count=0,
-                          mismatch_signature="")
+                          transport=fresh.transport, files=len(plan.jobs), bytes=total,
+                          mismatch_count=0, mismatch_signature="",
+                          delivered_at=self.state.get(d.id).delivered_at or now_iso())
         self._complete(fresh, plan)
         out = self._outcome(d, OutcomeKind.COMPLETED, "")
         out.files = len(plan.jobs)
@@ -292,6 +298,49 @@ class Pipeline:
         out.path = self._display_path(plan)
         out.seconds = time.monotonic() - t0
         return out
+
+    def _grant_access(self, d: Download, plan: DeliveryPlan) -> None:
+        """The target's access policy: the user (and only the user, or a configured group)
+        can read the delivery. Every applied action goes into the ledger, so retention can
+        revoke it; a rerun plans nothing and records nothing."""
+        policy = plan.target.access_policy
+        if policy is None:
+            return
+        ctx = AccessContext(
+            download_id=d.id, icat_user=d.user_name,
+            account=map_user(d.user_name, plan.target.user_rule, plan.target.user_map),
+            root=plan.root, download_dir=plan.download_dir,
+            files=[j.rel_path for j in plan.jobs])
+        grant_access(PosixAccessHook(policy), ctx, record=lambda action: self._record_grant(
+            d.id, action))
+
+    def _record_grant(self, download_id: int, action: dict) -> None:
+        rec = self.state.get(download_id)
+        self.state.update(download_id, grants=[*rec.grants, action])
+
+    def cleanup(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> int:
+        """Retention: remove deliveries older than their target's `retention_days` and revoke
+        the grants recorded for them. Only what pollcat delivered (its manifest, unchanged
+        files) is removed; exit code 1 when something was refused."""
+        status = 0
+        for transport, target in self.cfg.routes.items():
+            policy = target.access_policy
+            if policy is None or policy.retention_days == 0:
+                continue
+            records = [{"download_id": r.download_id, "path": r.path,
+                        "delivered_at": r.delivered_at, "grants": r.grants}
+                       for r in self.state.records()
+                       if r.transport == transport and r.delivered_at and r.path]
+            root = urlparse(target.url).path.rstrip("/") or "/"
+            out(f"{transport}: {len(records)} delivery(ies) on record under {root}")
+            status |= cleanup_command(
+                records, root=root, policy=policy, dry_run=dry_run, out=out,
+                record=lambda r: self._record_removal(r))
+        return status
+
+    def _record_removal(self, result: dict) -> None:
+        rec = self.state.get(int(result["download_id"]))
+        self.state.update(rec.download_id, removed=[*rec.removed, result])
 
     def _complete(self, d: Download, plan: DeliveryPlan) -> None:
         if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit

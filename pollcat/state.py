@@ -22,7 +22,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,12 @@ class LedgerRecord:
     mismatch_signature: str = ""  # the last verification failure, to spot one that repeats
     mismatch_count: int = 0
     path: str = ""
+    transport: str = ""
     files: int = 0
     bytes: int = 0
+    delivered_at: str = ""
+    grants: list[dict[str, Any]] = field(default_factory=list)  # access actions applied
+    removed: list[dict[str, Any]] = field(default_factory=list)  # retention's removals
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LedgerRecord:
