@@ -109,6 +109,27 @@ class TargetConfig(BaseModel):
                     "e.g. {\"accounts\": \"existing\", \"retention_days\": 15}; unset: files "
                     "stay as the service account writes them.")
 
+    globus: dict[str, Any] | None = Field(
+        default=None, repr=False,
+        description="A Globus guest collection whose root is this target's root: each delivery "
+                    "gets a read rule for the user's identity (docs/globus-s3.md); the client "
+                    "secret is stored masked.")
+
+    @property
+    def globus_settings(self) -> Any:
+        """`pollcat.globus.GlobusSettings`, or None (globus-sdk is an optional extra)."""
+        if self.globus is None:
+            return None
+        try:
+            from pollcat.globus import GlobusSettings
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ConfigurationError(f"a Globus target needs globus-sdk: pip install "
+                                     f"'pollcat[globus]' ({exc})") from None
+        try:
+            return GlobusSettings(**self.globus)
+        except TypeError as exc:
+            raise ConfigurationError(f"Globus settings of {self.url}: {exc}") from None
+
     @property
     def access_policy(self) -> AccessPolicy | None:
         return AccessPolicy.from_mapping(self.access) if self.access is not None else None
@@ -125,6 +146,7 @@ class TargetConfig(BaseModel):
     def _consistent(self) -> TargetConfig:
         if self.source == SourceKind.STORAGE and not self.storage_url:
             raise ConfigurationError("source=storage needs storage_url (the IDS main storage)")
+        self.globus_settings  # noqa: B018 - validated now, not at delivery
         if self.access is not None:
             self.access_policy  # noqa: B018 - validates the policy now, not at delivery
             if urlparse(self.url).scheme not in ("", "file", "local"):

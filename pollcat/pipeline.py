@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlparse
 
 from pollcat import logsafe
@@ -128,6 +129,7 @@ class Pipeline:
         self.state = StateStore(cfg.state_dir, cfg.facility.facility_name)
         self.hooks = list(hooks)
         self._held: dict[str, str] = {}  # target URL -> why it is held, for this sweep
+        self._globus: dict[str, Any] = {}  # target URL -> GlobusGrants (one login per target)
         self._held_lock = threading.Lock()
 
     @property
@@ -286,11 +288,12 @@ class Pipeline:
         for hook in self.hooks:
             hook(plan, results)
         self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
+        link = self._grant_globus(fresh, plan)
         self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
                           transport=fresh.transport, files=len(plan.jobs), bytes=total,
                           mismatch_count=0, mismatch_signature="",
                           delivered_at=self.state.get(d.id).delivered_at or now_iso())
-        self._complete(fresh, plan)
+        self._complete(fresh, plan, link)
         out = self._outcome(d, OutcomeKind.COMPLETED, "")
         out.files = len(plan.jobs)
         out.bytes = sum(r.fetched for r in results)
@@ -313,6 +316,25 @@ class Pipeline:
             files=[j.rel_path for j in plan.jobs])
         grant_access(PosixAccessHook(policy), ctx, record=lambda action: self._record_grant(
             d.id, action))
+
+    def _grant_globus(self, d: Download, plan: DeliveryPlan) -> str | None:
+        """Globus targets: a read rule for the user's identity on the delivery's folder
+        (idempotent: an identical rule counts), kept in the ledger; the folder's web link."""
+        settings = plan.target.globus_settings
+        if settings is None:
+            return None
+        from pollcat.globus import GlobusGrants
+
+        grants = self._globus.get(plan.target.url)
+        if grants is None:
+            grants = self._globus[plan.target.url] = GlobusGrants(settings)
+        grant = grants.grant(plan.download_dir, d.user_name, email=d.email, download_id=d.id)
+        record = {"download_id": d.id, "hook": "globus", "kind": "grant-globus-acl",
+                  **grant.record()}
+        rec = self.state.get(d.id)
+        if not any(g.get("rule_id") == grant.rule_id for g in rec.grants):
+            self.state.update(d.id, grants=[*rec.grants, record])
+        return grant.link
 
     def _record_grant(self, download_id: int, action: dict) -> None:
         rec = self.state.get(download_id)
@@ -342,15 +364,15 @@ class Pipeline:
         rec = self.state.get(int(result["download_id"]))
         self.state.update(rec.download_id, removed=[*rec.removed, result])
 
-    def _complete(self, d: Download, plan: DeliveryPlan) -> None:
+    def _complete(self, d: Download, plan: DeliveryPlan, link: str | None = None) -> None:
         if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit
             self.state.update(d.id, verdict=Verdict.COMPLETED)
             return
-        custom = None
+        custom = link  # a Globus target's folder link, unless the target says otherwise
         if plan.target.custom_value:
             custom = plan.target.custom_value.format(
                 path=self._display_path(plan), download=d.file_name, files=len(plan.jobs),
-                user=d.user_name, download_id=d.id)
+                user=d.user_name, download_id=d.id, link=link or "")
         self.topcat.set_status(d.id, DownloadStatus.COMPLETE, custom)
         self.state.update(d.id, verdict=Verdict.COMPLETED)
 

@@ -14,6 +14,7 @@ DOCS = "https://github.com/pollcat/pollcat#configure"
 
 _OPTIONS = TargetConfig.model_fields["storage_options"].description
 _SOURCE_OPTIONS = TargetConfig.model_fields["storage_source_options"].description
+_GLOBUS = TargetConfig.model_fields["globus"].description
 
 
 class DeliveryTarget(Block, TargetConfig):
@@ -45,11 +46,13 @@ fs, root = target.get_filesystem()
         default_factory=lambda: SecretDict({}), description=_OPTIONS)
     storage_source_options: SecretDict = Field(  # type: ignore[assignment]
         default_factory=lambda: SecretDict({}), description=_SOURCE_OPTIONS)
+    globus: SecretDict | None = Field(default=None, description=_GLOBUS)  # type: ignore[assignment]
 
     def to_config(self) -> TargetConfig:
         values = {name: getattr(self, name) for name in TargetConfig.model_fields}
         values["storage_options"] = _plain(self.storage_options)
         values["storage_source_options"] = _plain(self.storage_source_options)
+        values["globus"] = _plain(self.globus) if self.globus is not None else None
         return TargetConfig(**values)
 
     def get_filesystem(self) -> tuple[Any, str]:
