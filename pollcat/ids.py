@@ -125,8 +125,10 @@ class _Answer(io.BytesIO):
 def _error_from(resp: urllib3.BaseHTTPResponse) -> Exception:
     try:
         text = resp.read(ERROR_BODY_LIMIT).decode("utf-8", "replace")
-    except Urllib3Error:
-        text = ""
+    except Urllib3Error as exc:  # the answer itself broke off: that says nothing yet
+        return TransientServiceError(
+            f"the IDS answered {resp.status}, then its message broke off: "
+            f"{type(exc).__name__}", service=SERVICE, status=resp.status)
     finally:
         resp.release_conn()
     try:
