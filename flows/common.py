@@ -6,13 +6,17 @@ from prefect.futures import wait
 from prefect.utilities.annotations import unmapped
 
 from blocks.facility import PollcatFacility
+from pollcat import logsafe
 from pollcat.pipeline import Outcome, Pipeline
 from pollcat.topcat import Download
 from tasks.steps import deliver, poll, prepare
 
 
 def load_pipeline(facility_block: str) -> Pipeline:
-    """The facility block (and the target blocks it routes to) are the whole configuration."""
+    """The facility block (and the target blocks it routes to) are the whole configuration.
+
+    Called first in every flow run, so it also puts the redaction on Prefect's handlers."""
+    logsafe.install()
     return Pipeline(PollcatFacility.load(facility_block).pipeline_config())
 
 

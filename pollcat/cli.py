@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from pollcat import logsafe
 from pollcat.config import FacilityConfig, PipelineConfig, TargetConfig
 from pollcat.errors import ConfigurationError, PollcatError
 from pollcat.layout import DEFAULT_LAYOUT
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logsafe.install()
     try:
         pipeline = Pipeline(build_config(args))
     except ConfigurationError as exc:

@@ -37,6 +37,9 @@ _PATTERNS = [
     # JSON and Python-dict members: "sessionId": "…", 'preparedId': '…'
     (re.compile(rf'("{_KEYS}"\s*:\s*")(?:[^"\\]|\\.)*(")', re.I), rf"\1{MASK}\2"),
     (re.compile(rf"('{_KEYS}'\s*:\s*')[^']*(')", re.I), rf"\1{MASK}\2"),
+    # the same JSON, percent-encoded in a form body: %22password%22%3A%22…
+    (re.compile(rf"(%22{_KEYS}%22%3A(?:%20)*(?:%22)?)(?:(?!%22|%2C|%7D)[^&\s])+", re.I),
+     rf"\1{MASK}"),
     # query strings and form bodies, also percent-encoded: sessionId=…, sessionId%3D…
     (re.compile(rf"({_KEYS}(?:=|%3D))[^&\s\"'<>]+", re.I), rf"\1{MASK}"),
     # ICAT REST: GET/PUT/DELETE /icat/session/<sessionId>
