@@ -57,12 +57,6 @@ DeliveryTarget(url="sftp://scarf.example.org/work/pollcat",
             storage_options_source=_plain(self.storage_source_options), hardlink=self.hardlink,
             custom_value=self.custom_value)
 
-    def filesystem(self):
-        """The fsspec filesystem and root path (a block is a connection with methods)."""
-        from fsspec.core import url_to_fs
-
-        return url_to_fs(self.url, **_plain(self.storage_options))
-
 
 def _plain(secret: SecretDict | dict[str, Any]) -> dict[str, Any]:
     return dict(secret.get_secret_value() if isinstance(secret, SecretDict) else secret)
