@@ -79,6 +79,15 @@ def _pool_options(verify: bool | str) -> dict[str, Any]:
     return {"ca_certs": str(verify)}
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (`https_proxy`, `no_proxy`, ...), as urllib's
+    default opener, which python-icat uses, would pick it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 class PooledOpener:
     """What python-icat calls as `opener.open(request)`, on one keep-alive urllib3 pool.
 
@@ -87,10 +96,13 @@ class PooledOpener:
     (`reset`). Raises python-icat's exception for an IDS error JSON, else a pollcat service error.
     """
 
-    def __init__(self, *, timeout: float, verify: bool | str = True, maxsize: int = 16):
-        self._pool = urllib3.PoolManager(
-            num_pools=4, maxsize=maxsize, retries=False,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout), **_pool_options(verify))
+    def __init__(self, *, timeout: float, verify: bool | str = True, proxy: str | None = None,
+                 maxsize: int = 64):
+        options: dict[str, Any] = {
+            "num_pools": 4, "maxsize": maxsize, "retries": False,
+            "timeout": urllib3.Timeout(connect=timeout, read=timeout), **_pool_options(verify)}
+        self._pool = urllib3.ProxyManager(proxy, **options) if proxy \
+            else urllib3.PoolManager(**options)
 
     def open(self, req: urllib.request.Request) -> Any:
         try:
@@ -249,7 +261,8 @@ class IdsGateway:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.verify = verify
-        self._opener = PooledOpener(timeout=timeout, verify=verify)
+        self._opener = PooledOpener(timeout=timeout, verify=verify,
+                                    proxy=proxy_for(self.base_url))
         self._client: PollcatIdsClient | None = None
 
     @property

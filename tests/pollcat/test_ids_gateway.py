@@ -270,3 +270,13 @@ def test_range_ignored_is_resume_not_supported(scripted):
     answers["getData"] = (200, "application/octet-stream", b"whole file")
     with pytest.raises(ResumeNotSupported):
         IdsGateway(url, timeout=5).get_prepared(UNKNOWN, offset=3)
+
+
+def test_environment_proxy_is_used_like_urllib_would(scripted, monkeypatch):
+    """python-icat's urllib opener honours `http_proxy`; the pooled opener must too."""
+    url, answers = scripted
+    answers["isPrepared"] = (200, "text/plain", b"true")
+    monkeypatch.setenv("http_proxy", url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert IdsGateway("http://ids.example.invalid", timeout=5).is_prepared(UNKNOWN) is True
