@@ -50,7 +50,7 @@ from pollcat.errors import (
     ResumeNotSupported,
     TransientServiceError,
 )
-from pollcat.http import is_transient_status, snippet
+from pollcat.http import IdempotentRetry, is_transient_status, snippet
 
 T = TypeVar("T")
 SERVICE = "IDS"
@@ -79,6 +79,12 @@ def _pool_options(verify: bool | str) -> dict[str, Any]:
     return {"ca_certs": str(verify)}
 
 
+# One more try for a GET whose connection broke before any answer (typically a pooled connection
+# the IDS had just closed); never for a POST, never on an answer: a 503 is the IDS speaking.
+STALE_CONNECTION_RETRY = IdempotentRetry(total=1, connect=1, read=1, status=0, other=0,
+                                         redirect=0, raise_on_status=False)
+
+
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url` (`https_proxy`, `no_proxy`, ...), as urllib's
     default opener, which python-icat uses, would pick it."""
@@ -99,7 +105,7 @@ class PooledOpener:
     def __init__(self, *, timeout: float, verify: bool | str = True, proxy: str | None = None,
                  maxsize: int = 64):
         options: dict[str, Any] = {
-            "num_pools": 4, "maxsize": maxsize, "retries": False,
+            "num_pools": 4, "maxsize": maxsize, "retries": STALE_CONNECTION_RETRY,
             "timeout": urllib3.Timeout(connect=timeout, read=timeout), **_pool_options(verify)}
         self._pool = urllib3.ProxyManager(proxy, **options) if proxy \
             else urllib3.PoolManager(**options)

@@ -12,9 +12,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.client import RemoteDisconnected
 
 import pytest
 from icat.ids import IDSClient
+from urllib3.exceptions import ProtocolError
 
 from pollcat.errors import (
     NotReady,
@@ -24,7 +26,7 @@ from pollcat.errors import (
     ResumeNotSupported,
     TransientServiceError,
 )
-from pollcat.ids import IdsGateway
+from pollcat.ids import STALE_CONNECTION_RETRY, IdsGateway
 from tests.conftest import scenario
 
 FAST = {"latency_s": 0.2, "bytes_per_s": 1_000_000_000}
@@ -280,3 +282,22 @@ def test_environment_proxy_is_used_like_urllib_would(scripted, monkeypatch):
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     assert IdsGateway("http://ids.example.invalid", timeout=5).is_prepared(UNKNOWN) is True
+
+
+def test_closed_pooled_connection_is_reopened(sim, gateway):
+    """A pooled connection the IDS has closed is not reused for the next call."""
+    gateway.version()
+    pool = gateway._opener._pool.connection_from_url(sim.url)
+    for conn in list(pool.pool.queue):
+        if conn is not None and conn.sock is not None:
+            conn.sock.shutdown(2)  # as if the server had hung up
+    assert gateway.version() == "2.1.1"
+
+
+def test_only_a_get_is_tried_again_after_a_broken_connection():
+    """One more try for a GET that broke before any answer; a POST (prepareData) never."""
+    error = ProtocolError("Connection aborted.", RemoteDisconnected("closed"))
+    assert STALE_CONNECTION_RETRY.increment("GET", "/ids/isPrepared", error=error).total == 0
+    with pytest.raises(ProtocolError):
+        STALE_CONNECTION_RETRY.increment("POST", "/ids/prepareData", error=error)
+    assert not STALE_CONNECTION_RETRY.is_retry("GET", 503, False)  # an answer is final
