@@ -71,7 +71,7 @@ def handler() -> Iterator[logging.Handler]:
 
 @pytest.mark.parametrize("name", ["pollcat", "pollcat.icat", "pollcat.pipeline", "icat.client",
                                   "urllib3.connectionpool", "fsspec.local", "sshfs.spec",
-                                  "prefect.task_runs", "some.library"])
+                                  "prefect.client", "some.library"])
 def test_handler_filter_sees_every_logger(handler, name):
     logsafe.install()
     logging.getLogger(name).warning("GET /ids/getData?sessionId=%s&x=1", SID)
