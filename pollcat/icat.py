@@ -15,7 +15,7 @@ from typing import Any
 
 from pollcat import logsafe
 from pollcat.errors import ConfigurationError, PermanentServiceError, SessionError
-from pollcat.http import new_session, request
+from pollcat.http import json_body, new_session, request
 
 log = logging.getLogger("pollcat.icat")
 SERVICE = "ICAT"
@@ -32,7 +32,6 @@ class IcatSession:
         self.username = username
         self._password = password
         logsafe.register_secret(password)
-        logsafe.install()
         self.timeout = timeout
         self.refresh_margin = refresh_margin_minutes
         self._http = new_session(verify)
@@ -61,9 +60,8 @@ class IcatSession:
             raise ConfigurationError(
                 f"ICAT refused the functional account {self.auth}/{self.username}: "
                 f"{exc.message}", service=SERVICE, status=exc.status, code=exc.code) from None
-        self._sid = resp.json()["sessionId"]
-        logsafe.register_secret(self._sid)
-        info = self._request("GET", f"session/{self._sid}").json()
+        self._sid = json_body(SERVICE, resp, keys=("sessionId",))["sessionId"]
+        info = self._session_info()
         self.user_name = info["userName"]
         self._expires_at = time.monotonic() + 60.0 * float(info["remainingMinutes"])
         log.info("logged in to ICAT as %s", self.user_name)
@@ -82,11 +80,15 @@ class IcatSession:
     def _refresh_or_login(self) -> None:
         try:
             self._request("PUT", f"session/{self._sid}")
-            info = self._request("GET", f"session/{self._sid}").json()
+            info = self._session_info()
             self._expires_at = time.monotonic() + 60.0 * float(info["remainingMinutes"])
             log.info("refreshed the ICAT session")
         except PermanentServiceError:
             self.login()
+
+    def _session_info(self) -> dict[str, Any]:
+        return json_body(SERVICE, self._request("GET", f"session/{self._sid}"),
+                         keys=("userName", "remainingMinutes"))
 
     def invalidate(self) -> None:
         """Forget the session (after a SESSION error elsewhere, e.g. from TopCAT or the IDS)."""
@@ -102,8 +104,8 @@ class IcatSession:
         for attempt in (1, 2):
             sid = self.session_id()
             try:
-                return self._request("GET", "entityManager",
-                                     params={"sessionId": sid, "query": query}).json()
+                return json_body(SERVICE, self._request(
+                    "GET", "entityManager", params={"sessionId": sid, "query": query}), list)
             except PermanentServiceError as exc:
                 if exc.code == "SESSION" and attempt == 1:
                     log.info("ICAT session gone; logging in again")
@@ -117,7 +119,8 @@ class IcatSession:
 
     def max_entities(self) -> int:
         try:
-            return int(self._request("GET", "properties").json().get("maxEntities", 1000))
+            properties = json_body(SERVICE, self._request("GET", "properties"))
+            return int(properties.get("maxEntities", 1000))
         except (ValueError, KeyError):
             return 1000
 

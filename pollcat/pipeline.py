@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,15 +54,9 @@ from pollcat.transfer import FileResult
 
 log = logging.getLogger("pollcat.pipeline")
 
-#: ICAT session ids and preparedIds are lower-case UUIDs (IDS `validateUUID`); a reason may quote
-#: one from a service's message ("The preparedId ... is not known").
-_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
-
-
-def redact(text: str) -> str:
-    """What may go into a reason, the ledger or a report: no password, session id or
-    preparedId, whoever's message quoted it."""
-    return _UUID.sub("<id>", logsafe.redact(text))
+#: What may go into a reason, the ledger or a report: no password, session id or preparedId,
+#: whoever's message quoted it ("The preparedId ... is not known").
+redact = logsafe.redact
 
 #: How many times one delivery is started again in the same sweep after the IDS or TopCAT
 #: refused the functional account's session (the session expired mid-transfer): part files

@@ -30,7 +30,7 @@ from pollcat.transfer import (
     write_file,
     write_stream_entry,
 )
-from pollcat.zipstream import iter_entries
+from pollcat.unzip import iter_entries
 
 log = logging.getLogger("pollcat.sources")
 ZIP_RESTARTS = 3

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pollcat.errors import ConfigurationError, PermanentServiceError
-from pollcat.http import new_session, request
+from pollcat.errors import ConfigurationError, PermanentServiceError, TransientServiceError
+from pollcat.http import json_body, new_session, request, snippet
 from pollcat.icat import IcatSession
 
 log = logging.getLogger("pollcat.topcat")
@@ -77,6 +77,16 @@ class Download:
         return out
 
 
+def _download(row: Any) -> Download:
+    """One row of an admin query; a row TopCAT's protocol would not send is a service fault."""
+    try:
+        return Download.from_json(row)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TransientServiceError(
+            f"TopCAT answered a download pollcat cannot read ({type(exc).__name__}: "
+            f"{snippet(str(exc))})", service=SERVICE) from None
+
+
 def literal(value: str) -> str:
     """A JPQL string literal for a queryOffset; refuses anything that could inject."""
     if not _SAFE_LITERAL.match(value):
@@ -123,10 +133,10 @@ class TopcatAdmin:
         offset = 0
         while True:
             q = f"where {where} order by download.id asc limit {offset}, {page_size}"
-            rows = self._admin("GET", "downloads", lambda sid, q=q: {
-                "facilityName": self.facility, "sessionId": sid, "queryOffset": q}).json()
+            rows = json_body(SERVICE, self._admin("GET", "downloads", lambda sid, q=q: {
+                "facilityName": self.facility, "sessionId": sid, "queryOffset": q}), list)
             for row in rows:
-                yield Download.from_json(row)
+                yield _download(row)
             if len(rows) < page_size:
                 return
             offset += page_size

@@ -415,7 +415,7 @@ def test_zip_stream_into_target(target):
     import io
     import zipfile
 
-    from pollcat.zipstream import iter_entries
+    from pollcat.unzip import iter_entries
 
     files = {"ids/LILS/INV/1/ds/a.bin": os.urandom(300_000), "ids/LILS/INV/1/ds/d/b.txt": b"b"}
     buf = io.BytesIO()
