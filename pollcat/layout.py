@@ -46,6 +46,11 @@ ACCOUNT_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 USER_RULES = ("strip-prefix", "keep", "mapping-only")
 
 NAME_MAX = 255
+
+#: Names pollcat keeps for itself directly inside a download's directory: the staging directory
+#: (part files, claim, manifest temp), the receipt and the claim of older versions. A datafile
+#: rendered onto one of them is refused, so a user's file can never be taken for pollcat's.
+RESERVED_NAMES = frozenset({".pollcat", "pollcat-manifest.json", ".pollcat-claim"})
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
 
 
@@ -85,6 +90,18 @@ def check_relpath(rel: str) -> str:
         raise UnsafePathError(f"path {rel!r} is absolute")
     for component in rel.split("/"):
         check_component(component, where=rel)
+    return rel
+
+
+def check_not_reserved(rel: str, download_dir: str) -> str:
+    """Return `rel` unless it is, or lies under, a `RESERVED_NAMES` entry of `download_dir`."""
+    prefix = download_dir.rstrip("/") + "/" if download_dir else ""
+    if prefix and not rel.startswith(prefix):
+        raise UnsafePathError(f"path {rel!r} is outside the download directory {download_dir!r}")
+    first = rel[len(prefix):].split("/", 1)[0]
+    if first in RESERVED_NAMES:
+        raise UnsafePathError(f"path {rel!r} uses the name {first!r}, which pollcat keeps for "
+                              "itself in a download directory")
     return rel
 
 
