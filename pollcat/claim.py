@@ -13,6 +13,7 @@ there, in the download's staging directory (`<dir>/.pollcat/`):
   verified file (`Claim.check`), that no successor took over; at the end it releases the claim by
   setting the lease to 0. The file stays, so the directory keeps naming its download: a different
   download with the same directory name is sent to `<fileName>_<id>` (see `delivery`);
+* a claim of a process on this host that no longer runs (killed) is taken over at once;
 * a claim file that is empty or unreadable (its writer died between create and write) counts as
   held until its mtime plus the lease.
 
@@ -198,6 +199,17 @@ def _current(target: TargetFS, dir: str) -> tuple[int, ClaimRecord | None]:
         return generation, _parse(f.read())
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process of this host is still running (signal 0 only checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    return True
+
+
 def _legacy_owner(target: TargetFS, dir: str) -> str | None:
     """The owner named by an old `.pollcat-claim` file ("<facility> <id>"), if any."""
     path = f"{dir}/{LEGACY_CLAIM}" if dir else LEGACY_CLAIM
@@ -255,6 +267,10 @@ def _held(target: TargetFS, claim: Claim, generation: int, record: ClaimRecord |
     if record is not None:
         if record.token == claim.token:
             return False
+        if record.host == socket.gethostname() and not _alive(record.pid):
+            log.info("download %s: taking over the claim of dead process %s", claim.download_id,
+                     record.pid)
+            return False  # a worker on this host that died (kill -9): no need to wait
         return record.expires_at > claim.clock()
     entry = target.lstat(claim._name(generation))  # being written, or its writer died
     return entry is not None and entry.mtime + claim.lease_s > claim.clock()

@@ -517,20 +517,30 @@ class FsspecTarget(TargetFS):
             with target_errors(full):
                 entry = self._lstat_full(full)
                 if entry is None and create:
-                    try:
-                        self.fs.mkdir(full, create_parents=False)
-                    except FileExistsError:
-                        pass
-                    except Exception as exc:
-                        os_error = as_os_error(exc)
-                        if os_error is None or os_error.errno != errno.EEXIST:
-                            raise
-                    entry = self._lstat_full(full)
+                    entry = self._mkdir(full, None)
                 if entry is None:
                     return False
                 if entry.kind is not Kind.DIR:
                     raise _unsafe(full, entry.kind, "a directory")
         return True
+
+    def _mkdir(self, full: str, mode: int | None) -> Entry | None:
+        """mkdir, then lstat what is there. A failure is only raised when there is still no
+        entry: over SFTP v3 a directory made meanwhile by a parallel thread is "Failure"."""
+        try:
+            if mode is None:
+                self.fs.mkdir(full, create_parents=False)
+            else:
+                try:
+                    self.fs.mkdir(full, create_parents=False, mode=mode)
+                except TypeError:  # filesystems without a mode argument
+                    self.fs.mkdir(full, create_parents=False)
+        except Exception as exc:
+            entry = self._lstat_full(full)
+            if entry is None or (as_os_error(exc) is None and not isinstance(exc, OSError)):
+                raise
+            return entry
+        return self._lstat_full(full)
 
     def _require_dirs(self, rel_dir: str) -> None:
         if not self._check_dirs(rel_dir):
@@ -551,15 +561,7 @@ class FsspecTarget(TargetFS):
         with target_errors(full):
             entry = self._lstat_full(full)
             if entry is None:
-                try:
-                    self.fs.mkdir(full, create_parents=False, mode=0o700)
-                except TypeError:  # filesystems without a mode argument
-                    self.fs.mkdir(full, create_parents=False)
-                except Exception as exc:
-                    os_error = as_os_error(exc)
-                    if os_error is None or os_error.errno != errno.EEXIST:
-                        raise
-                entry = self._lstat_full(full)
+                entry = self._mkdir(full, 0o700)
             if entry is None or entry.kind is not Kind.DIR:
                 raise _unsafe(full, entry.kind if entry else "nothing", "its staging directory")
             if entry.mode & 0o022:
