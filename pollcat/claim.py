@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 from pollcat.errors import DeliveryLocked
-from pollcat.targetfs import STAGING_NAME, Kind, NameTaken, TargetFS, fsync, target_errors
+from pollcat.targetfs import STAGING_NAME, NameTaken, TargetFS, fsync, target_errors
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +213,9 @@ def _alive(pid: int) -> bool:
 def _legacy_owner(target: TargetFS, dir: str) -> str | None:
     """The owner named by an old `.pollcat-claim` file ("<facility> <id>"), if any."""
     path = f"{dir}/{LEGACY_CLAIM}" if dir else LEGACY_CLAIM
-    entry = target.lstat(path)
-    if entry is None or entry.kind is not Kind.FILE:
+    if target.lstat(path) is None:
         return None
-    f = target.open_read(path)
+    f = target.open_read(path)  # UnsafeTargetPath for a planted link or FIFO
     if f is None:
         return None
     with f:

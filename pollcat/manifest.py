@@ -148,13 +148,14 @@ def write_manifest(target: TargetFS, dir: str, *, facility: str, download_id: in
     with target_errors(target.path(final)):
         target.make_dirs(dir)
         target.make_private_dir(staging)
+        f = target.create_replacing(temp)  # something planted there: refused, left alone
         try:
-            with target.create_replacing(temp) as f:
+            with f:
                 f.write(body)
                 fsync(f)
             target.replace(temp, final)
         except BaseException:
-            target.remove_quietly(temp)
+            target.remove_quietly(temp)  # ours: we just created it
             raise
     return manifest
 
