@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import pwd
 import re
 import string
 import unicodedata
@@ -218,11 +219,40 @@ def map_user(icat_user: str, rule: str = "strip-prefix",
         account = _apply_rule(icat_user, rule)
     if account is None:
         raise InvalidUserName(f"ICAT user {icat_user!r} has no entry in the user mapping")
-    if not isinstance(account, str) or not ACCOUNT_NAME_RE.match(account):
+    if not isinstance(account, str) or not ACCOUNT_NAME_RE.fullmatch(account):
+        # fullmatch: with `match`, "$" also matches before a trailing newline ("eve\n")
         raise InvalidUserName(
             f"ICAT user {icat_user!r} maps to {account!r}, which is not a valid account name "
             f"(must match {ACCOUNT_NAME_RE.pattern}); add it to the user mapping")
+    explicit = bool(mapping) and icat_user in mapping  # type: ignore[operator]
+    if not explicit and is_system_account(account):
+        raise InvalidUserName(
+            f"ICAT user {icat_user!r} maps to the system account {account!r}; deliver to it "
+            "only through an explicit user mapping entry")
     return account
+
+
+#: Accounts that belong to the system, not to a person, on common Linux distributions.
+SYSTEM_ACCOUNTS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "adm", "operator", "halt",
+    "shutdown", "ftp", "sshd", "_apt", "messagebus", "polkitd", "postfix", "postgres", "mysql",
+    "systemd-network", "systemd-resolve", "systemd-timesync", "systemd-coredump", "admin",
+    "administrator", "pollcat"})
+
+
+def is_system_account(account: str) -> bool:
+    """A well-known system account, or a local account with a system uid (below 1000).
+
+    Derived names (strip-prefix, keep) never land in such a directory: `simple/root` would
+    otherwise be delivered into `root/`, and the same name may be an SSH login elsewhere.
+    """
+    if account in SYSTEM_ACCOUNTS:
+        return True
+    try:
+        return pwd.getpwnam(account).pw_uid < 1000
+    except KeyError:
+        return False
 
 
 # --- joining --------------------------------------------------------------------------------

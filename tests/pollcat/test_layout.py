@@ -9,6 +9,7 @@ import pytest
 from pollcat.errors import ConfigurationError, InvalidUserName, UnsafePathError
 from pollcat.layout import (
     DEFAULT_LAYOUT,
+    check_not_reserved,
     check_relpath,
     download_dir,
     join_under,
@@ -166,3 +167,40 @@ def test_join_under_local_symlinks(tmp_path):
     link_root = tmp_path / "rootlink"
     os.symlink(root, link_root)
     assert join_under(str(link_root), "alice/f", local=True) == f"{link_root}/alice/f"
+
+
+# --- regressions from the hostile-name suite ------------------------------------------------
+
+
+def test_account_with_a_trailing_newline_is_refused():
+    """`re.match` with `$` accepted "eve\\n"; the account must match as a whole."""
+    with pytest.raises(InvalidUserName):
+        map_user("simple/eve\n")
+
+
+@pytest.mark.parametrize("icat", ["simple/root", "simple/daemon", "ldap/nobody",
+                                  "simple/www-data"])
+def test_system_accounts_are_refused_unless_mapped(icat):
+    with pytest.raises(InvalidUserName) as info:
+        map_user(icat)
+    assert "system account" in str(info.value) and icat in str(info.value)
+    assert map_user(icat, mapping={icat: "root"}) == "root"  # an operator's explicit choice
+
+
+@pytest.mark.parametrize("rel", ["dl/.pollcat", "dl/.pollcat/x", "dl/pollcat-manifest.json",
+                                 "dl/.pollcat-claim", "dl/pollcat-manifest.json/INV/x"])
+def test_reserved_names_below_the_download_dir(rel):
+    with pytest.raises(UnsafePathError) as info:
+        check_not_reserved(rel, "dl")
+    assert rel in str(info.value)
+
+
+@pytest.mark.parametrize("rel", ["dl/INV/.pollcat", "dl/INV/1/ds/pollcat-manifest.json",
+                                 "dl/.pollcatx", "dl/x.pollcat-part"])
+def test_reserved_names_only_at_the_first_level(rel):
+    assert check_not_reserved(rel, "dl") == rel
+
+
+def test_reserved_check_refuses_paths_outside_the_download_dir():
+    with pytest.raises(UnsafePathError):
+        check_not_reserved("other/x", "dl")
