@@ -31,7 +31,14 @@ import pytest
 from pollcat.state import StateStore
 from simfacility.server import RunningFacility
 from tests.conftest import scenario
-from tests.support import crc_hex, downloads, pipeline_for, statuses, wait_for
+from tests.support import (
+    crc_hex,
+    downloads,
+    pipeline_for,
+    statuses,
+    sweep_until_complete,
+    wait_for,
+)
 
 MARKER = "POLLCAT-MARKER"
 LONG = "x" * 300
@@ -277,3 +284,24 @@ def test_hostile_name(swept, case):
         ok_df = next(d for d in swept.sim.store.datafiles.values() if d.name == "ok.dat")
         assert ok.stat().st_size == ok_df.size
         assert int(crc_hex(ok), 16) == int(ok_df.checksum, 16)
+
+
+def test_part_named_datafile_does_not_swap_20_mb_for_13_bytes(make_sim, tmp_path):
+    """The issue's reproduction, over the IDS (direct source): `x.raw` (20 MB) and
+    `.x.raw.pollcat-part` (13 bytes) in one dataset both arrive intact; COMPLETE once."""
+    scn = scenario(downloads=[{"user": "simple/alice", "transport": "globus",
+                               "file_name": "swap", "email": "alice@example.org",
+                               "items": [{"investigation": "INV-001", "dataset": "swap"}]}])
+    scn["investigations"][0]["datasets"].append({"name": "swap", "datafiles": [
+        {"name": "x.raw", "size": 20_000_000},
+        {"name": ".x.raw.pollcat-part", "content": "thirteen byte"}]})
+    sim = make_sim(scn)
+    pipe = pipeline_for(sim, tmp_path)
+    sweep_until_complete(pipe, sim.url)
+    ds = tmp_path / "target/globus/alice/swap/INV-001/1/swap"
+    for name in ("x.raw", ".x.raw.pollcat-part"):
+        df = next(d for d in sim.store.datafiles.values() if d.name == name)
+        assert (ds / name).stat().st_size == df.size
+        assert int(crc_hex(ds / name), 16) == int(df.checksum, 16)
+    assert sorted(p.name for p in ds.iterdir()) == [".x.raw.pollcat-part", "x.raw"]
+    assert not list((tmp_path / "target/globus/alice/swap/.pollcat").glob("*.pollcat-part"))

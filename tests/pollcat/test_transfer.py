@@ -548,3 +548,71 @@ def test_run_jobs_bounded_ordered_isolated(target):
             assert fs.cat(f"{root}/alice/dl/f{i}.bin") == datas[i]
     assert len(all_files(fs, root)) == 10
     assert run_jobs([], fn, concurrency=2) == []
+
+
+# --- backoff, service answers, part names ---------------------------------------------------
+
+
+def test_reopenings_back_off_exponentially(target, no_backoff):
+    fs, root = target
+    server = Server(breaks=[100_000] * 4)
+    write_file(T(fs, root), make_job(server),
+               reopen=Reopen(max_resumes=5, first_delay_s=0.5, max_delay_s=3))
+    assert no_backoff == [0.5, 1.0, 2.0, 3.0]  # capped at max_delay_s
+    assert Reopen().delay(1) > 0  # the default never reopens in a tight loop
+
+
+@pytest.mark.parametrize("answer", [
+    TransientError("IDS 500", service="IDS", status=500),
+    TransientError("IDS 503", service="IDS", status=503),
+])
+def test_a_service_answer_on_reopen_is_not_a_broken_connection(target, no_backoff, answer):
+    """A status-bearing error is the service answering: raised at once, part kept."""
+    fs, root = target
+
+    class AnswersAfterBreak(Server):
+        def __call__(self, offset):
+            if self.opens:
+                self.opens.append(offset)
+                raise answer
+            return super().__call__(offset)
+
+    server = AnswersAfterBreak(breaks=[200_000])
+    with pytest.raises(TransientError) as info:
+        write_file(T(fs, root), make_job(server))
+    assert info.value is answer and server.opens == [0, 200_000]
+    assert fs.cat(part_name(f"{root}/alice/dl/ds/sub/file.nxs")) == DATA[:200_000]
+
+
+def test_a_datafile_named_like_a_part_file_cannot_swap_bytes(target):
+    """The issue's case: `x` (large) and `.x.pollcat-part` (13 bytes) in one directory. Part
+    files used to be `.x.pollcat-part` next to `x`, so one overwrote the other."""
+    fs, root = target
+    big, small = os.urandom(2_000_000), b"thirteen byte"
+    jobs = [FileJob(1, "x", "alice/dl/ds/x", len(big), hexcrc(big), Server(big)),
+            FileJob(2, ".x.pollcat-part", "alice/dl/ds/.x.pollcat-part", len(small),
+                    hexcrc(small), Server(small))]
+    results = run_jobs(jobs, lambda j: write_file(T(fs, root), j, staging="alice/dl/.pollcat"),
+                       concurrency=2)
+    assert all(isinstance(r, FileResult) for r in results), results
+    assert fs.cat(f"{root}/alice/dl/ds/x") == big
+    assert fs.cat(f"{root}/alice/dl/ds/.x.pollcat-part") == small
+    assert all_files(fs, root) == ["alice/dl/ds/.x.pollcat-part", "alice/dl/ds/x"]
+
+
+def test_placed_bytes_are_read_back_before_the_rename(tmp_path):
+    """On a local target the CRC32 that decides is read from the part file itself: a part
+    changed on disk after streaming (a stalled former owner, a bad disk) is never placed."""
+    class Scribbled(LocalTarget):
+        def replace(self, src, dst):
+            raise AssertionError("must not place")
+
+        def open_read(self, rel):
+            if rel.endswith(".pollcat-part") and (tmp_path / rel).exists():
+                with open(tmp_path / rel, "r+b") as f:
+                    f.write(b"\0" * 8)
+            return super().open_read(rel)
+
+    with pytest.raises(ChecksumMismatch):
+        write_file(Scribbled(str(tmp_path)), make_job())
+    assert not list(tmp_path.rglob("*.pollcat-part"))
