@@ -3,7 +3,8 @@
 Every name that reaches a target comes from outside pollcat (ICAT names, TopCAT's user-typed
 `fileName`, a layout template from the configuration), so every path is checked here, component
 by component, before anything touches a filesystem. Nothing in pollcat builds a target path
-without `render_path` + `join_under`.
+without `render_path`; the target layer (`pollcat.targetfs`) then walks it below the root without
+following any link.
 
 Path rules (a component is the text between two `/`):
 
@@ -22,8 +23,6 @@ IDS ZipMapper does, so a dataset called `a/b` stays one directory and no two nam
 
 from __future__ import annotations
 
-import os
-import posixpath
 import pwd
 import re
 import string
@@ -179,12 +178,6 @@ def download_template(template: str) -> str:
     return "/".join(kept)
 
 
-def download_dir(template: str, fields: Mapping[str, object]) -> str:
-    """The download's own directory rendered (see `download_template`); "" if there is none."""
-    prefix = download_template(template)
-    return render_path(prefix, fields) if prefix else ""
-
-
 # --- users ----------------------------------------------------------------------------------
 
 
@@ -253,35 +246,3 @@ def is_system_account(account: str) -> bool:
         return pwd.getpwnam(account).pw_uid < 1000
     except KeyError:
         return False
-
-
-# --- joining --------------------------------------------------------------------------------
-
-
-def _is_under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def join_under(root: str, rel: str, *, local: bool = False) -> str:
-    """`root + "/" + rel`, after checking `rel` and that the result stays under `root`.
-
-    The lexical check is enough for remote filesystems (no symlinks are resolved there). For a
-    local root (`local=True`) the real paths are compared as well, so a symlink planted inside
-    the target that points elsewhere (e.g. `alice/dl -> /etc`) is refused. `os.path.realpath`
-    resolves the existing part of the path and keeps the rest, so this works before the
-    directories are created. (A symlink swapped in after the check is not caught: that needs
-    the writer to run with the user's privileges.)
-    """
-    if not root:
-        raise ConfigurationError("the target root is empty")
-    check_relpath(rel)
-    base = root.rstrip("/") or "/"
-    joined = f"{base}/{rel}" if base != "/" else f"/{rel}"
-    if not _is_under(posixpath.normpath(joined), posixpath.normpath(base)):
-        raise UnsafePathError(f"path {rel!r} escapes the target root {root!r}")
-    if local:
-        real_root = os.path.realpath(base)
-        if not _is_under(os.path.realpath(joined), real_root):
-            raise UnsafePathError(
-                f"path {rel!r} leaves the target root {root!r} through a symbolic link")
-    return joined
