@@ -19,7 +19,14 @@ from urllib.parse import unquote_plus
 from fsspec.core import url_to_fs
 
 from pollcat.catalog import DatafileInfo
-from pollcat.errors import PermanentError, PollcatError, TransientError
+from pollcat.errors import (
+    DeliveryLocked,
+    PermanentError,
+    PollcatError,
+    TargetUnavailable,
+    TransientError,
+    VerificationError,
+)
 from pollcat.ids import IdsGateway
 from pollcat.storage import link_or_copy
 from pollcat.targetfs import TargetFS
@@ -27,6 +34,7 @@ from pollcat.transfer import (
     FileJob,
     FileResult,
     PlaceGuard,
+    is_connection_loss,
     run_jobs,
     write_file,
     write_stream_entry,
@@ -126,6 +134,8 @@ class PreparedZipSource(Source):
                 break
             except TransientError as exc:
                 last_error = exc
+                if not _worth_restarting(exc):
+                    break  # a service answer (503 not online) or the target: no tight loop
                 log.warning("download %s: zip stream broke (attempt %d/%d): %s; restarting "
                             "from byte 0", ctx.download_id, attempt, ZIP_RESTARTS, exc)
         out: list[FileResult | BaseException] = []
@@ -158,6 +168,14 @@ class PreparedZipSource(Source):
                     entry.skip()
         finally:
             resp.close()
+
+
+def _worth_restarting(exc: TransientError) -> bool:
+    """A lost connection or bytes that failed verification: fetch the zip again. Not a
+    service's answer (503 data not online), a full target or a lost claim."""
+    if isinstance(exc, TargetUnavailable | DeliveryLocked):
+        return False
+    return isinstance(exc, VerificationError) or is_connection_loss(exc)
 
 
 def _match_entry(entry_name: str, by_path, by_name) -> FileJob | None:

@@ -345,7 +345,7 @@ def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: 
 # --- reading the source ---------------------------------------------------------------------
 
 
-def _is_broken(exc: BaseException) -> bool:
+def is_connection_loss(exc: BaseException) -> bool:
     """Whether a source failure is a lost connection (reopen) rather than an answer (raise).
 
     A PollcatError that carries an HTTP status is the service answering (503 data not online,
@@ -365,7 +365,7 @@ def _read_source(src: Readable, chunk: int) -> Iterator[bytes]:
         try:
             data = src.read(chunk)
         except Exception as exc:
-            if _is_broken(exc):
+            if is_connection_loss(exc):
                 raise _SourceBroken(exc) from exc
             raise
         if not data:
@@ -386,7 +386,7 @@ def _open_source(job: FileJob, offset: int) -> Readable:
     try:
         return job.open(offset)
     except Exception as exc:
-        if _is_broken(exc):
+        if is_connection_loss(exc):
             raise _SourceBroken(exc) from exc
         raise
 

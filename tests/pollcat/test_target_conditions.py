@@ -179,3 +179,28 @@ def test_503_from_the_simulated_ids_costs_one_get_data_per_file(make_sim, tmp_pa
     sweep_until_complete(pipe, sim.url)
     assert len(delivered_files(tmp_path / "target/globus")) == 2
     assert not list((tmp_path / "target").rglob("*.pollcat-part"))
+
+
+def test_503_on_the_prepared_zip_is_asked_once(tmp_path):
+    """The zip source used to restart a 503 answer three times in a row, at once."""
+    from pollcat.catalog import DatafileInfo
+    from pollcat.sources import PreparedZipSource, TransferContext
+
+    class NotOnline:
+        calls = 0
+
+        def get_prepared(self, prepared_id, offset=0):
+            NotOnline.calls += 1
+            raise NotReady("Data not online", service="IDS", status=503)
+
+    data = b"abc"
+    j = job(data)
+    info = DatafileInfo(id=7, name="big.dat", size=3, checksum=j.checksum, location=None,
+                        dataset_id=1, dataset="ds", investigation_id=2, investigation="INV",
+                        visit="1", facility="LILS")
+    ctx = TransferContext(download_id=1, prepared_id="p", ids=NotOnline(),
+                          session_id=lambda: "s",
+                          target=open_target(fsspec.filesystem("file"), str(tmp_path)),
+                          staging="alice/dl/.pollcat", concurrency=1)
+    (result,) = PreparedZipSource().transfer(ctx, [j], {7: info})
+    assert isinstance(result, NotReady) and NotOnline.calls == 1
