@@ -5,6 +5,7 @@ owner token and a lease a successor can take over, renewed while working, releas
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pollcat.delivery import HeldByOther, plan_delivery, transfer_unless_deliver
 from pollcat.errors import DeliveryLocked
 from pollcat.targetfs import open_target
 from tests.conftest import scenario
-from tests.support import crc_hex, delivered_files, pipeline_for, wait_status
+from tests.support import crc_hex, delivered_files, pipeline_for, statuses, wait_status
 
 DL = "alice/dl"
 
@@ -225,3 +226,52 @@ def test_a_different_download_with_the_same_name_gets_its_own_directory(tmp_path
     assert first.result is second.result is ClaimResult.ACQUIRED
     again = claim_download_dir(download(2), target, "LILS", tfs, dict(fields, download_id="2"))
     assert again.dir == "alice/run_2"  # deterministic on every run
+
+
+def test_two_processes_with_different_state_dirs(make_sim, tmp_path):
+    """A `pollcat sweep` process (state dir A) stalls mid-file; this process (state dir B, no
+    shared ledger or lock) finds the claim on the target held and writes nothing; A finishes
+    with every file, and TopCAT gets COMPLETE once."""
+    import subprocess
+    import sys
+
+    scn = scenario(downloads=[BIG])
+    scn["investigations"][0]["datasets"].append(
+        {"name": "big", "datafiles": [{"name": "a.raw", "size": 6 << 20},
+                                      {"name": "b.raw", "size": 1 << 20}]})
+    sim = make_sim(scn)
+    wait_status(sim.url, "RESTORING")
+    a_raw = next(df for df in sim.store.datafiles.values() if df.name == "a.raw")
+    sim.add_fault(kind="stall", service="ids", endpoint="getData", after_bytes=2 << 20,
+                  seconds=3, count=1, params={"datafileIds": str(a_raw.id)})
+    root = tmp_path / "target/globus"
+    env = dict(os.environ, POLLCAT_PASSWORD="pollpass")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pollcat.cli", "sweep", "--icat-url", sim.url, "--ids-url",
+         sim.url, "--topcat-url", sim.url, "--facility", "LILS", "--username", "pollcat",
+         "--route", f"globus=file://{root}", "--state-dir", str(tmp_path / "state-A"),
+         "--poll-budget", "10", "--timeout", "60"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                p.stat().st_size >= 2 << 20 for p in root.rglob("*.pollcat-part")):
+            time.sleep(0.05)
+        parts = {p: p.stat().st_size for p in root.rglob("*.pollcat-part")}
+        assert any(size >= 2 << 20 for size in parts.values()), "A is not mid-file"
+        pipe_b = pipeline_for(sim, tmp_path, state_dir=tmp_path / "state-B")
+        d, pid = _ready(pipe_b, 1)
+        held = plan_delivery(d, pipe_b.cfg.routes["globus"], "LILS", pipe_b.clients, pid)
+        assert isinstance(held, HeldByOther), held
+        assert all(p.exists() for p in parts)  # B deleted nothing of A's
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    files = delivered_files(root)
+    assert sorted(files) == ["alice/big/INV-001/1/big/a.raw", "alice/big/INV-001/1/big/b.raw"]
+    for rel, path in files.items():
+        df = next(x for x in sim.store.datafiles.values() if x.name == rel.rsplit("/", 1)[1])
+        assert path.stat().st_size == df.size and int(crc_hex(path), 16) == int(df.checksum, 16)
+    assert not list(root.rglob("*.pollcat-part"))
+    assert statuses(sim.url) == {1: "COMPLETE"}
