@@ -11,13 +11,30 @@ from contextlib import contextmanager
 from typing import IO
 
 from pollcat.errors import UnsafeTargetPath
-from pollcat.targetfs.base import Entry, Kind, NameTaken, TargetFS, kind_of, split_rel, unsafe
+from pollcat.targetfs.base import (
+    STAGING_NAME,
+    Entry,
+    Kind,
+    NameTaken,
+    TargetFS,
+    kind_of,
+    split_rel,
+    unsafe,
+)
 from pollcat.targetfs.errmap import target_error, target_errors
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _check_private(st: os.stat_result, path: str) -> None:
+    """A staging directory pollcat made: owned by this process's user, writable by no one else."""
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise UnsafeTargetPath(
+            f"refusing {path!r}: pollcat's staging directory is owned by uid {st.st_uid} with "
+            f"mode {stat.filemode(st.st_mode)}, so pollcat did not make it; it is left alone")
 
 
 class LocalTarget(TargetFS):
@@ -64,10 +81,14 @@ class LocalTarget(TargetFS):
             os.close(fd)
 
     def _step(self, parent: int, name: str, here: str, create: bool) -> int:
-        """Open `name` under `parent` as a directory (made if missing and `create`)."""
+        """Open `name` under `parent` as a directory (made if missing and `create`).
+
+        The staging directory is checked on every walk, not only when made: a user who owns the
+        download directory could swap it for one of their own between two operations.
+        """
         try:
             try:
-                return os.open(name, _DIR_FLAGS, dir_fd=parent)
+                child = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except FileNotFoundError:
                 if not create:
                     raise
@@ -75,11 +96,18 @@ class LocalTarget(TargetFS):
                     os.mkdir(name, dir_fd=parent)
                 except FileExistsError:  # made meanwhile by someone else: open what is there
                     pass
-                return os.open(name, _DIR_FLAGS, dir_fd=parent)
+                child = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise unsafe(here, self._kind_at(parent, name), "a directory") from None
             raise
+        if name == STAGING_NAME:
+            try:
+                _check_private(os.fstat(child), here)
+            except UnsafeTargetPath:
+                os.close(child)
+                raise
+        return child
 
     @staticmethod
     def _kind_at(dir_fd: int, name: str) -> Kind:
@@ -115,11 +143,7 @@ class LocalTarget(TargetFS):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise unsafe(self.path(rel), kind_of(st.st_mode), "its staging directory")
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                raise UnsafeTargetPath(
-                    f"refusing {self.path(rel)!r}: pollcat's staging directory is owned by "
-                    f"uid {st.st_uid} with mode {stat.filemode(st.st_mode)}, so pollcat did "
-                    "not make it; it is left alone")
+            _check_private(st, self.path(rel))
 
     def _open_file(self, rel: str, flags: int, mode: int, wanted: str) -> int | None:
         """An fd for `rel` opened with `flags` (never following a link); None if absent."""

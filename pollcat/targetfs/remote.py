@@ -11,7 +11,16 @@ from typing import IO, Any
 
 from pollcat.errors import TransientError, UnsafeTargetPath
 from pollcat.layout import check_relpath
-from pollcat.targetfs.base import Entry, Kind, NameTaken, TargetFS, kind_of, split_rel, unsafe
+from pollcat.targetfs.base import (
+    STAGING_NAME,
+    Entry,
+    Kind,
+    NameTaken,
+    TargetFS,
+    kind_of,
+    split_rel,
+    unsafe,
+)
 from pollcat.targetfs.errmap import as_os_error, target_errors
 
 
@@ -69,6 +78,9 @@ class FsspecTarget(TargetFS):
                     return False
                 if entry.kind is not Kind.DIR:
                     raise unsafe(full, entry.kind, "a directory")
+                if names[i] == STAGING_NAME and entry.mode & 0o022:
+                    raise UnsafeTargetPath(f"refusing {full!r}: pollcat's staging directory is "
+                                           "writable by others, so pollcat did not make it")
         return True
 
     def _mkdir(self, full: str, mode: int | None) -> Entry | None:

@@ -298,3 +298,37 @@ def test_planted_over_sftp(tmp_path, outside, sftp_server, where, rel, plant):
         write_file(tfs, job(), staging=STAGING)
     assert str(root / rel) in str(info.value)
     no_payload_anywhere(tmp_path)
+
+
+def test_staging_directory_swapped_between_steps_is_refused(tmp_path, outside):
+    """A user owning the download directory renames pollcat's staging directory away and puts
+    their own (with a fake part file) in its place, after the bytes were written: the placement
+    walks the staging directory again, finds it is not pollcat's, and places nothing."""
+    root = tmp_path / "target"
+    tfs = open_target(fsspec.filesystem("file"), str(root))
+
+    class Swapper:
+        def __init__(self):
+            self.pos = 0
+
+        def read(self, n):
+            out = DATA[self.pos:self.pos + n]
+            self.pos += len(out)
+            if not out:  # the stream ended: swap now, before verify and placement
+                os.rename(root / STAGING, root / DL / "stolen")
+                (root / STAGING).mkdir(mode=0o700)
+                os.chown(root / STAGING, 65534, 65534)
+                (root / PART).write_bytes(b"user's bytes")
+            return out
+
+        def close(self):
+            pass
+
+    j = job()
+    j.open = lambda offset: Swapper()
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    with pytest.raises(UnsafeTargetPath) as info:
+        write_file(tfs, j, staging=STAGING)
+    assert_unsafe(info, root, STAGING)
+    assert not (root / REL).exists()
