@@ -138,3 +138,17 @@ class TruncatedStream(TransientError):
 
 class CorruptStream(VerificationError):
     """Bytes arrived but are not a valid zip stream (bad signature, bad deflate data)."""
+
+
+class UnsafeTargetPath(PermanentError):
+    """Something pollcat did not make sits where it wants to write: a symbolic link, FIFO,
+    device, or a directory where a file belongs (or a file where a directory belongs).
+
+    Users may write into their delivery directories, so this is refused, never followed or
+    removed; the message names the path so an operator can look at it.
+    """
+
+
+class TargetUnavailable(TransientError):
+    """The target is full, over quota or read-only: a condition of the target, not a verdict on
+    the download. Hold the downloads routed there and try again later."""

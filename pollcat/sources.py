@@ -16,16 +16,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-import fsspec
 from fsspec.core import url_to_fs
 
 from pollcat.catalog import DatafileInfo
-from pollcat.errors import PermanentError, PollcatError, TransientError
+from pollcat.errors import (
+    DeliveryLocked,
+    PermanentError,
+    PollcatError,
+    TargetUnavailable,
+    TransientError,
+    VerificationError,
+)
 from pollcat.ids import IdsGateway
+from pollcat.storage import link_or_copy
+from pollcat.targetfs import TargetFS
 from pollcat.transfer import (
     FileJob,
     FileResult,
-    link_or_copy,
+    PlaceGuard,
+    is_connection_loss,
     run_jobs,
     write_file,
     write_stream_entry,
@@ -38,14 +47,21 @@ ZIP_RESTARTS = 3
 
 @dataclass
 class TransferContext:
+    """What a source needs to fill one download's directory.
+
+    `target` is the no-follow target layer, `staging` the download's pollcat-owned staging
+    directory (root-relative) and `before_place` the claim check run before each placement.
+    """
+
     download_id: int
     prepared_id: str
     ids: IdsGateway
     session_id: Callable[[], str]
-    fs: fsspec.AbstractFileSystem
-    root: str
+    target: TargetFS
+    staging: str
     concurrency: int
     on_progress: Callable[[int], None] | None = None
+    before_place: PlaceGuard | None = None
 
 
 class Source:
@@ -63,9 +79,9 @@ class DirectSource(Source):
     def transfer(self, ctx, jobs, infos):
         for job in jobs:
             job.open = _opener(ctx, job.datafile_id)
-        return run_jobs(jobs, lambda job: write_file(ctx.fs, ctx.root, job,
-                                                     on_progress=ctx.on_progress),
-                        concurrency=ctx.concurrency)
+        return run_jobs(jobs, lambda job: write_file(
+            ctx.target, job, staging=ctx.staging, on_progress=ctx.on_progress,
+            before_place=ctx.before_place), concurrency=ctx.concurrency)
 
 
 def _opener(ctx: TransferContext, datafile_id: int):
@@ -88,7 +104,9 @@ class StorageSource(Source):
             if not location:
                 raise PermanentError("datafile has no location in ICAT", datafile=job.name)
             src = self.src_root.rstrip("/") + "/" + _strip_digest(location)
-            return link_or_copy(self.src_fs, src, ctx.fs, ctx.root, job, hardlink=self.hardlink)
+            return link_or_copy(self.src_fs, src, ctx.target, job, staging=ctx.staging,
+                                hardlink=self.hardlink, on_progress=ctx.on_progress,
+                                before_place=ctx.before_place)
         return run_jobs(jobs, one, concurrency=ctx.concurrency)
 
 
@@ -116,6 +134,8 @@ class PreparedZipSource(Source):
                 break
             except TransientError as exc:
                 last_error = exc
+                if not _worth_restarting(exc):
+                    break  # a service answer (503 not online) or the target: no tight loop
                 log.warning("download %s: zip stream broke (attempt %d/%d): %s; restarting "
                             "from byte 0", ctx.download_id, attempt, ZIP_RESTARTS, exc)
         out: list[FileResult | BaseException] = []
@@ -137,7 +157,8 @@ class PreparedZipSource(Source):
                     continue
                 try:
                     results[job.datafile_id] = write_stream_entry(
-                        ctx.fs, ctx.root, job, entry.iter_chunks())
+                        ctx.target, job, entry.iter_chunks(), staging=ctx.staging,
+                        before_place=ctx.before_place)
                     if ctx.on_progress:
                         ctx.on_progress(job.size)
                 except PollcatError as exc:
@@ -147,6 +168,14 @@ class PreparedZipSource(Source):
                     entry.skip()
         finally:
             resp.close()
+
+
+def _worth_restarting(exc: TransientError) -> bool:
+    """A lost connection or bytes that failed verification: fetch the zip again. Not a
+    service's answer (503 data not online), a full target or a lost claim."""
+    if isinstance(exc, TargetUnavailable | DeliveryLocked):
+        return False
+    return isinstance(exc, VerificationError) or is_connection_loss(exc)
 
 
 def _match_entry(entry_name: str, by_path, by_name) -> FileJob | None:

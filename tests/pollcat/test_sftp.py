@@ -131,8 +131,10 @@ def test_sftp_continues_a_part_file_left_by_a_crashed_run(make_sim, tmp_path, sf
     sim = make_sim(scenario(downloads=[ALICE_RUN42]))
     scan = _datafile(sim, "scan_0001.nxs")
     root = tmp_path / "target"
-    part = root / "globus/alice/alice_run42/INV-001/1/run-42/.scan_0001.nxs.pollcat-part"
-    part.parent.mkdir(parents=True)
+    staging = root / "globus/alice/alice_run42/.pollcat"  # as pollcat makes it: 0700
+    staging.parent.mkdir(parents=True)
+    staging.mkdir(mode=0o700)
+    part = staging / f"{scan.id}.pollcat-part"  # named by the datafile id
     part.write_bytes(b"".join(scan.iter_bytes())[:300_000])
     pipe = pipeline_for(sim, tmp_path, target_url=sftp.url(root),
                         storage_options=sftp.storage_options())
