@@ -149,6 +149,6 @@ class UnsafeTargetPath(PermanentError):
     """
 
 
-class TargetUnavailable(TransientError):
-    """The target is full, over quota or read-only: a condition of the target, not a verdict on
-    the download. Hold the downloads routed there and try again later."""
+class DeliveryLocked(PollcatError):
+    """Another worker owns this download now (its claim on the target is live, or this worker
+    lost its claim mid-transfer): an outcome ("locked"), never a failure of the download."""

@@ -30,10 +30,11 @@ from pollcat import logsafe
 from pollcat.access import AccessContext, PosixAccessHook, grant_access
 from pollcat.access.retention import cleanup_command
 from pollcat.config import PipelineConfig
-from pollcat.delivery import DeliveryPlan, plan_delivery, transfer_unless_delivered
+from pollcat.delivery import DeliveryPlan, HeldByOther, plan_delivery, transfer_unless_delivered
 from pollcat.errors import (
     AccountRefused,
     ConfigurationError,
+    DeliveryLocked,
     NotReady,
     PermanentError,
     PermanentServiceError,
@@ -255,6 +256,8 @@ class Pipeline:
                     self.clients.icat.invalidate()
                 except ConfigurationError:
                     raise
+                except DeliveryLocked as exc:
+                    return self._outcome(d, OutcomeKind.LOCKED, redact(exc.message))
                 except NotReady as exc:
                     return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
                 except Exception as exc:  # noqa: BLE001 - isolation
@@ -275,6 +278,8 @@ class Pipeline:
             return self._outcome(d, OutcomeKind.SKIPPED, "already completed")
         plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.facility_name,
                              self.clients, prepared_id)
+        if isinstance(plan, HeldByOther):  # a worker on another host writes it right now
+            return self._outcome(d, OutcomeKind.LOCKED, plan.reason)
         total = sum(j.size for j in plan.jobs)
         results = transfer_unless_delivered(plan, prepared_id, self.clients,
                                             self.facility_name, total, on_progress)

@@ -21,6 +21,7 @@ from fsspec.core import url_to_fs
 from pollcat.catalog import DatafileInfo
 from pollcat.errors import (
     DeliveryLocked,
+    NotReady,
     PermanentError,
     PollcatError,
     TargetUnavailable,
@@ -132,7 +133,7 @@ class PreparedZipSource(Source):
                 self._one_pass(ctx, by_path, by_name, results)
                 last_error = None
                 break
-            except TransientError as exc:
+            except (TransientError, NotReady, DeliveryLocked) as exc:
                 last_error = exc
                 if not _worth_restarting(exc):
                     break  # a service answer (503 not online) or the target: no tight loop
@@ -162,7 +163,7 @@ class PreparedZipSource(Source):
                     if ctx.on_progress:
                         ctx.on_progress(job.size)
                 except PollcatError as exc:
-                    if isinstance(exc, TransientError):
+                    if isinstance(exc, TransientError | NotReady | DeliveryLocked):
                         raise
                     results[job.datafile_id] = exc
                     entry.skip()
@@ -170,10 +171,10 @@ class PreparedZipSource(Source):
             resp.close()
 
 
-def _worth_restarting(exc: TransientError) -> bool:
+def _worth_restarting(exc: PollcatError) -> bool:
     """A lost connection or bytes that failed verification: fetch the zip again. Not a
     service's answer (503 data not online), a full target or a lost claim."""
-    if isinstance(exc, TargetUnavailable | DeliveryLocked):
+    if isinstance(exc, TargetUnavailable | DeliveryLocked | NotReady):
         return False
     return isinstance(exc, VerificationError) or is_connection_loss(exc)
 

@@ -16,6 +16,7 @@ import pytest
 from pollcat.claim import ClaimResult, acquire
 from pollcat.delivery import HeldByOther, plan_delivery, transfer_unless_delivered
 from pollcat.errors import DeliveryLocked
+from pollcat.pipeline import Prepared
 from pollcat.targetfs import open_target
 from tests.conftest import scenario
 from tests.support import crc_hex, delivered_files, pipeline_for, statuses, wait_status
@@ -147,10 +148,16 @@ BIG = {"user": "simple/alice", "transport": "globus", "file_name": "big",
 
 
 def _ready(pipe, download_id):
+    """Check readiness with the state machine's own step until the IDS has the data."""
     d = pipe.topcat.get(download_id)
-    prepared = pipe.prepare(d)
-    assert pipe.poll(d, prepared, 10)
-    return d, prepared.prepared_id
+    prepared, deadline = None, time.monotonic() + 10
+    while True:
+        prepared = pipe.check(d, prepared)
+        assert isinstance(prepared, Prepared), prepared
+        if prepared.ready:
+            return d, prepared.prepared_id
+        assert time.monotonic() < deadline, "not restored in 10 s"
+        time.sleep(0.1)
 
 
 def test_two_workers_one_stalled_mid_file_exactly_one_writes(make_sim, tmp_path):

@@ -272,7 +272,7 @@ def test_hostile_name(swept, case):
     record = StateStore(swept.state, "LILS").get(download_id)
     if case.expect == "refused":
         assert status == "EXPIRED", (case, status, record)
-        assert record.get("reason", "").startswith(f"download {download_id}"), record
+        assert record.reason.startswith(f"download {download_id}"), record
         assert copies == [], copies
         return
     assert status == "COMPLETE", (case, status, record)

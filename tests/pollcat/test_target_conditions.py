@@ -117,10 +117,10 @@ def test_full_target_holds_the_download_instead_of_expiring_it(make_sim, small_t
         if outcomes and outcomes[0].outcome != "waiting":
             break
     (download_id,) = statuses(sim.url)
-    assert [o.outcome for o in outcomes] == ["retry"], outcomes
+    assert [o.outcome for o in outcomes] == ["held"], outcomes  # a target condition
     assert "No space left" in outcomes[0].reason  # whichever file hit the limit first
     assert statuses(sim.url) == {download_id: "RESTORING"}  # not EXPIRED
-    assert StateStore(tmp_path / "state", "LILS").get(download_id).get("outcome") != "expired"
+    assert StateStore(tmp_path / "state", "LILS").get(download_id).verdict != "expired"
     assert not list(small_tmpfs.rglob("*.pollcat-part"))
     assert not (small_tmpfs / "globus/alice/alice_run42/pollcat-manifest.json").exists()
 
