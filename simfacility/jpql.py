@@ -160,7 +160,7 @@ SCHEMA: dict[str, EntityDef] = {
 # ---------------------------------------------------------------------------------------------
 
 _ATTR_MAP = {  # ICAT field name -> model attribute, where they differ
-    "fullName": "full_name", "visitId": "visit_id", "fileSize": "size",
+    "fullName": "full_name", "visitId": "visit_id", "fileSize": "file_size",
 }
 
 
@@ -234,7 +234,7 @@ class Catalog:
             result = (sum(p[0] for p in parts), sum(p[1] for p in parts))
         else:
             files = self.store.live_datafiles(obj.id)
-            result = (sum(df.size for df in files), len(files))
+            result = (sum(df.file_size for df in files), len(files))
         self._totals_cache[key] = result
         return result
 
