@@ -21,10 +21,12 @@ Model:
 - Single-level: every unit is always ONLINE; restore/archive are not offered (the IDS answers
   501 before reaching storage).
 - A finite cache (scenario `ids.cache`): the IDS's Tidier checks the size of main storage every
-  `check_interval_s`; above `start_archiving_bytes` it archives the units that came online
-  first until at most `stop_archiving_bytes` remain. It does not care whether a unit belongs to
-  a preparedId nobody has fetched yet (the real Tidier does not know); only a unit held by a
-  running getData (SHARED lock) is skipped until the lock is released.
+  `check_interval_s` and whenever a restore completes (a Tidier that checks often, so that
+  "more online than the cache holds" is never observable); above `start_archiving_bytes` it
+  archives the units that came online first until at most `stop_archiving_bytes` remain. It
+  does not care whether a unit belongs to a preparedId nobody has fetched yet (the real
+  Tidier does not know); only a unit held by a running getData (SHARED lock) is skipped until
+  the lock is released.
 
 Jobs that touch one unit's files always go to the same worker thread, so a restore and an
 archive of the same unit can never race on disk.
@@ -406,6 +408,7 @@ class Storage:
         del self._restoring[unit]
         self._online.add(unit)
         self._online_since[unit] = time.monotonic()
+        self.tidy()  # the lock is re-entrant: no moment with more online than the cache holds
         self._failed.discard(unit)
 
     def _worker_loop(self, q: queue.Queue) -> None:
