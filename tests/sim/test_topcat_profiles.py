@@ -8,6 +8,7 @@ mail, and the mail text and timing (sim-fidelity audit rows 1, 6, 10, 11).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -181,3 +182,18 @@ def test_a_file_name_with_a_cycle_stops_the_status_check_mail(make_sim):
     assert put_status(sim, admin, 1, "COMPLETE").status_code == 200  # 2.4: no mail in the PUT
     time.sleep(1.0)
     assert mails_for(sim, 1) == []
+
+
+def test_the_legacy_facility_scenario_plays_what_it_says(make_sim):
+    sim = make_sim(str(Path(__file__).resolve().parents[2] / "scenarios/legacy-facility.yaml"))
+    assert requests.get(f"{sim.url}/topcat/version", timeout=5).json() == "2.4.9"
+    cfg = sim.facility.config
+    assert cfg.ids_cache.start_archiving_bytes == 60_000_000
+    assert cfg.topcat.admin_user_names == ["simple/pollcat"]
+    odd = {df.name: df for df in sim.store.datafiles.values()}
+    assert odd["never_sized.dat"].file_size == 0 and odd["never_sized.dat"].checksum is None
+    admin = requests.post(f"{sim.url}/icat/session", timeout=10, data={"json": (
+        '{"plugin":"simple","credentials":[{"username":"pollcat"},{"password":"pollpass"}]}')})
+    sid = admin.json()["sessionId"]
+    r = requests.get(f"{sim.url}/ids/getServiceStatus", params={"sessionId": sid}, timeout=10)
+    assert r.status_code == 403  # TopCAT admin and ICAT reader, but no IDS root
