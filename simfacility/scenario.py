@@ -50,6 +50,9 @@ class TopcatConfig:
     version: str = DEFAULT_PROFILE.default_version
     # adminUserNames; the top-level `admins` shorthand is merged in
     admin_user_names: list[str] = field(default_factory=list)
+    # TopCAT's read timeouts towards ICAT and the IDS: none by default, as in production
+    icat_timeout_s: float | None = None
+    ids_timeout_s: float | None = None
 
     @property
     def features(self) -> TopcatFeatures:
@@ -159,6 +162,8 @@ def _config(raw: dict) -> SimConfig:
         profile=profile,
         version=version,
         admin_user_names=_names(raw, "admins") + _names(tc_raw, "admin_user_names", "topcat"),
+        icat_timeout_s=_optional_float(tc_raw, "icat_timeout_s"),
+        ids_timeout_s=_optional_float(tc_raw, "ids_timeout_s"),
     )
     unit = raw.get("storage_unit", "dataset")
     if unit not in ("dataset", "datafile"):
@@ -212,6 +217,11 @@ def _names(raw: dict, key: str, where: str = "") -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ScenarioError(f"{where + '.' if where else ''}{key}: expected a list of user names")
     return list(value)
+
+
+def _optional_float(raw: dict, key: str) -> float | None:
+    value = raw.get(key)
+    return None if value is None else float(value)
 
 
 def _cache(raw: dict) -> CacheConfig:

@@ -242,14 +242,14 @@ class TopcatState:
             return self._download_ids
 
     def icat(self) -> IcatClient:
-        return IcatClient(self._base_url())
+        return IcatClient(self._base_url(), timeout=self.config.icat_timeout_s)
 
     def download_url(self, transport: str) -> str:
         """`facility.F.downloadType.<t>`, falling back to idsUrl (this simulator's IDS)."""
         return self.config.download_types.get(transport) or self._base_url()
 
     def ids(self, transport: str) -> IdsClient:
-        return IdsClient(self.download_url(transport))
+        return IdsClient(self.download_url(transport), timeout=self.config.ids_timeout_s)
 
     def _base_url(self) -> str:
         if not self.fac.base_url:

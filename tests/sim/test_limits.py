@@ -106,3 +106,20 @@ def test_admin_prepare_takes_the_ids_time_too(make_sim):
     assert r.status_code == 200
     # INV-001 has two datasets: 1 + 2 ICAT calls in prepareData (size is already known)
     assert time.monotonic() - start >= 3 * 0.05
+
+
+@pytest.mark.parametrize("ids_timeout_s,expected", [(None, 200), (0.5, 400)])
+def test_topcat_waits_for_a_slow_ids_unless_given_a_timeout(make_sim, ids_timeout_s, expected):
+    topcat = {"poll_interval_wait_s": 0.2}
+    if ids_timeout_s is not None:
+        topcat["ids_timeout_s"] = ids_timeout_s
+    sim = make_sim(scenario(topcat=topcat, downloads=[{**ALICE_INV, "transport": "globus"}]))
+    admin = login(sim, "pollcat", "pollpass")
+    wait_status(sim, admin, 1, "RESTORING")
+    sim.add_fault(kind="latency", service="ids", endpoint="prepareData", seconds=1.5, count=1)
+    start = time.monotonic()
+    r = requests.put(f"{sim.url}/topcat/admin/download/1/prepare", timeout=30,
+                     data={"facilityName": "LILS", "sessionId": admin})
+    assert r.status_code == expected, r.text
+    if expected == 200:
+        assert time.monotonic() - start >= 1.5  # late, not failed: production's default
