@@ -15,7 +15,7 @@ Choices where the reference says (inferred) or is silent:
 - Id lists are parsed as Java does: ``split("\\s*,\\s*")`` (trailing empty pieces dropped) and
   ``Long.parseLong`` per piece, so ``"1,2,"`` is valid and ``""`` or ``" 1"`` is not.
 - Investigations: a missing one → 404 ``Investigation[id:N] not found.``, one the user cannot
-  read → 403 ``Read access to this Investigation is not allowed.`` (the ICAT-side messages, as for
+  read → 403 ``READ access to this Investigation is not allowed.`` (the ICAT-side messages, as for
   datasets and datafiles). An investigation without datasets contributes nothing. A datafile
   asked for by id whose location is null → 404 ``Datafile N`` (DataSelection's own message);
   inside datasets/investigations such files are silently left out.
@@ -291,7 +291,7 @@ class IdsService:
         ds = self.store.datasets[df.dataset_id]
         if not acc.investigation(ds.investigation_id):
             raise IdsError("InsufficientPrivilegesException",
-                           "Read access to this Datafile is not allowed.")
+                           "READ access to this Datafile is not allowed.")
         if df.location is None:
             raise IdsError("NotFoundException", f"Datafile {dfid}")
         out.datasets.setdefault(ds.id, ds)
@@ -303,7 +303,7 @@ class IdsService:
             raise IdsError("NotFoundException", f"Dataset[id:{dsid}] not found.")
         if not acc.investigation(ds.investigation_id):
             raise IdsError("InsufficientPrivilegesException",
-                           "Read access to this Dataset is not allowed.")
+                           "READ access to this Dataset is not allowed.")
         return ds
 
     def _readable_investigation(self, acc: Access, invid: int) -> Investigation:
@@ -312,7 +312,7 @@ class IdsService:
             raise IdsError("NotFoundException", f"Investigation[id:{invid}] not found.")
         if not acc.investigation(inv.id):
             raise IdsError("InsufficientPrivilegesException",
-                           "Read access to this Investigation is not allowed.")
+                           "READ access to this Investigation is not allowed.")
         return inv
 
     def _add_dataset(self, out: Resolved, ds: Dataset) -> None:
@@ -484,7 +484,7 @@ class IdsService:
             self._require_online(record.datafiles)
         live = [self.store.datafiles.get(d.id) for d in record.datafiles]
         if any(df is None or df.deleted for df in live):
-            raise IdsError("NotFoundException", "One of the data files requested has been deleted")
+            raise IdsError("NotFoundException", "One of the datafiles requested has been deleted")
         headers = {"Accept-Ranges": "bytes"}
         if record.zip:
             name = zip_name(outname)

@@ -323,12 +323,12 @@ def test_max_entities(make_sim) -> None:
     sim.facility.config.max_entities = 2
     sid = sid_for(sim.url, "pollcat", "pollpass")
     body = icat_error(em(sim.url, sid, "SELECT df.id FROM Datafile df"), 412, "VALIDATION")
-    assert body["message"] == "attempt to process more than 2 entitities"
+    assert body["message"] == "attempt to process more than 2 entities"
     assert ok(em(sim.url, sid, "SELECT df.id FROM Datafile df ORDER BY df.id LIMIT 0, 2")) == [
         8, 9]
     body = icat_error(em(sim.url, sid, "SELECT df FROM Datafile df WHERE df.id IN (8, 9) "
                                        "INCLUDE df.dataset"), 412, "VALIDATION")
-    assert body["message"] == "attempt to return more than 2 entitities"
+    assert body["message"] == "attempt to return more than 2 entities"
     assert ok(em(sim.url, sid, "SELECT COUNT(df) FROM Datafile df")) == [4]
 
 
