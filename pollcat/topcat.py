@@ -32,6 +32,9 @@ _VERSION = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?")
 CUSTOM_VALUE_SINCE = (3, 2, 0)  # datagateway-download-api "Rename customDownloadUrl to customValue"
 ADMIN_PREPARE_SINCE = (3, 1, 0)  # datagateway-download-api AdminResource.prepareDownload
 _WARNED_NO_CUSTOM_VALUE: set[str] = set()  # TopCAT base URLs already warned about
+# The admin prepare runs prepareData synchronously, and the IDS asks ICAT once or twice per
+# selected item, so a large cart takes minutes; TopCAT itself sets no timeout on that call.
+DEFAULT_PREPARE_TIMEOUT_S = 900.0
 
 
 def parse_date(value: str | None) -> datetime | None:
@@ -133,8 +136,10 @@ def literal(value: str) -> str:
 
 class TopcatAdmin:
     def __init__(self, base_url: str, facility: str, icat: IcatSession, *,
-                 timeout: float = 60.0, verify: bool | str = True):
+                 timeout: float = 60.0, verify: bool | str = True,
+                 prepare_timeout_s: float = DEFAULT_PREPARE_TIMEOUT_S):
         self.base_url = base_url.rstrip("/")
+        self.prepare_timeout_s = max(prepare_timeout_s, timeout)
         self.facility = facility
         self.icat = icat
         self.timeout = timeout
@@ -170,7 +175,8 @@ class TopcatAdmin:
             self._features = features
         return self._features
 
-    def _admin(self, method: str, path: str, build: Callable[[str], dict[str, Any]]):
+    def _admin(self, method: str, path: str, build: Callable[[str], dict[str, Any]],
+               timeout: float | None = None):
         for attempt in (1, 2):
             sid = self.icat.session_id()
             params = build(sid)
@@ -178,7 +184,7 @@ class TopcatAdmin:
                 else {"data": params}
             try:
                 return request(self._http, SERVICE, method, f"{self.url}/admin/{path}",
-                               timeout=self.timeout, **kw)
+                               timeout=timeout or self.timeout, **kw)
             except PermanentServiceError as exc:
                 if exc.status == 403 and attempt == 1:
                     self.icat.invalidate()
@@ -241,12 +247,19 @@ class TopcatAdmin:
 
     def prepare(self, download_id: int) -> bool:
         """The admin prepare (download-api 3.1.0 and later); False, without a call, when this
-        TopCAT does not offer it, so the caller prepares with its own account."""
+        TopCAT does not offer it, so the caller prepares with its own account.
+
+        It waits up to `prepare_timeout_s` (the IDS resolves the selection synchronously). If
+        even that passes, the TransientServiceError propagates; TopCAT carries on and stores the
+        new preparedId in the download, so the next read of the download finds it (nothing is
+        orphaned, and the caller should not count it as a failed preparation).
+        """
         if not self.features.supports_admin_prepare:
             return False
         try:
             self._admin("PUT", f"download/{int(download_id)}/prepare", lambda sid: {
-                "facilityName": self.facility, "sessionId": sid})
+                "facilityName": self.facility, "sessionId": sid},
+                timeout=self.prepare_timeout_s)
             return True
         except PermanentServiceError as exc:
             unknown_endpoint = exc.status in (404, 405) and \

@@ -155,3 +155,17 @@ def test_end_to_end_on_each_profile_with_a_forgotten_prepared_id(make_sim, tmp_p
         assert "/target/globus/alice/alice_run42" in mail["body"]
     else:
         assert mail["body"].endswith("Your data: see the portal")
+
+
+def test_admin_prepare_waits_longer_than_ordinary_calls(make_sim):
+    """A large selection makes TopCAT's prepare slow (the IDS asks ICAT per item); the
+    ordinary 60 s-style timeout must not cut it short."""
+    sim = profile_sim(make_sim, "download-api-3.2")
+    wait_status(sim.url, "RESTORING")
+    old = downloads(sim.url)[1]["preparedId"]
+    sim.add_fault(kind="latency", service="ids", endpoint="prepareData", seconds=1.5, count=1)
+    icat = IcatSession(sim.url, auth="simple", username="pollcat", password="pollpass",
+                       timeout=10)
+    client = TopcatAdmin(sim.url, "LILS", icat, timeout=0.8, prepare_timeout_s=10)
+    assert client.prepare(1) is True
+    assert downloads(sim.url)[1]["preparedId"] != old
