@@ -197,6 +197,15 @@ class TopcatAdmin:
                 raise
         raise AssertionError("unreachable")
 
+    def is_admin(self) -> bool:
+        """Whether TopCAT counts the functional account among its `adminUserNames`
+        (`GET /admin/isValidSession`). Only TopCAT's own privilege: ICAT read rules and IDS
+        rootUserNames are separate settings and must be checked separately."""
+        resp = request(self._http, SERVICE, "GET", f"{self.url}/admin/isValidSession",
+                       timeout=self.timeout,
+                       params={"facilityName": self.facility, "sessionId": self.icat.session_id()})
+        return resp.json() is True
+
     def query(self, where: str, *, page_size: int = 100) -> Iterator[Download]:
         """All downloads matching `where` (a queryOffset condition), fetched page by page."""
         offset = 0
