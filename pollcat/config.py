@@ -178,6 +178,10 @@ class SweepSettings(BaseModel):
     transient_deadline_hours: float = Field(
         default=72.0, gt=0,
         description="Transient failures older than this expire a download.")
+    waiting_deadline_hours: float = Field(
+        default=168.0, gt=0,
+        description="A download whose data the IDS has not restored this long after pollcat "
+                    "first saw it is expired with that reason (and alerts the operator).")
     deliver_completed: bool = Field(
         default=True, description="Single-level IDS: deliver COMPLETE downloads too.")
     max_parallel_downloads: int = Field(default=4, ge=1, le=64,

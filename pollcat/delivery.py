@@ -27,7 +27,7 @@ from fsspec.core import url_to_fs
 from pollcat import catalog
 from pollcat.catalog import DatafileInfo
 from pollcat.claim import DEFAULT_LEASE_S, Claim, ClaimResult, acquire
-from pollcat.config import TargetConfig
+from pollcat.config import SourceKind, TargetConfig
 from pollcat.errors import PermanentError, PollcatError, TransientError, UnsafePathError
 from pollcat.facility import FacilityClients
 from pollcat.layout import check_not_reserved, download_template, map_user, render_path
@@ -134,7 +134,8 @@ def _plan_files(plan: DeliveryPlan, fields: dict[str, str], clients: FacilityCli
                 datafile=info.name)
         seen[rel] = info.name
         plan.jobs.append(FileJob(datafile_id=info.id, name=info.name, rel_path=rel,
-                                 size=info.size, checksum=info.checksum, open=None))
+                                 size=info.size, checksum=info.checksum, open=None,
+                                 trust_stream=parse_crc(info.checksum) is None))
 
 
 def claim_download_dir(d: Download, target: TargetConfig, facility: str, tfs: TargetFS,
@@ -186,7 +187,16 @@ def _transfer(plan: DeliveryPlan, prepared_id: str, clients: FacilityClients, fa
             on_progress(done[0], total)
 
     target = plan.target
-    source = make_source(target.source, storage_url=target.storage_url,
+    kind = target.source
+    unvouched = sum(1 for j in plan.jobs if j.trust_stream)
+    if unvouched and kind != SourceKind.PREPARED_ZIP:
+        # the direct getData's Content-Length is ICAT's fileSize, so a short body would look
+        # complete; the prepared zip's entries carry the real size and CRC32
+        log.warning("download %s: ICAT has no CRC32 for %d file(s); fetching the download as "
+                    "the prepared zip, whose entries vouch for their own bytes", d.id,
+                    unvouched)
+        kind = SourceKind.PREPARED_ZIP
+    source = make_source(kind, storage_url=target.storage_url,
                          storage_options=target.storage_source_options,
                          hardlink=target.hardlink)
     ctx = TransferContext(download_id=d.id, prepared_id=prepared_id,

@@ -37,6 +37,9 @@ class ManifestFile:
     size: int
     crc32: str | None
     datafile_id: int
+    #: What vouches for the bytes: "icat-crc32" (ICAT's checksum matched) or "zip-crc32" (ICAT
+    #: had no CRC32; the prepared zip's own entry size and CRC32 were checked while unzipping).
+    verified_by: str = "icat-crc32"
 
 
 @dataclass
@@ -67,7 +70,9 @@ class Manifest:
         """Build from parsed JSON; KeyError/TypeError/ValueError if the shape is wrong."""
         files = [ManifestFile(path=str(f["path"]), size=int(f["size"]),
                               crc32=None if f.get("crc32") is None else str(f["crc32"]),
-                              datafile_id=int(f["datafile_id"])) for f in data["files"]]
+                              datafile_id=int(f["datafile_id"]),
+                              verified_by=str(f.get("verified_by", "icat-crc32")))
+                 for f in data["files"]]
         return cls(facility=str(data["facility"]), download_id=int(data["download_id"]),
                    file_name=str(data["file_name"]), user=str(data["user"]),
                    transport=str(data["transport"]), completed_at=str(data["completed_at"]),
@@ -82,7 +87,7 @@ class Manifest:
         listed = {f.datafile_id: f for f in self.files}
         for job in jobs:
             entry = listed.get(job.datafile_id)
-            if entry is None or entry.size != job.size:
+            if entry is None or (entry.size != job.size and not job.trust_stream):
                 return False
             if entry.path != relative_to(job.rel_path, self.dir):
                 return False
@@ -109,15 +114,19 @@ def manifest_files(jobs: Sequence[FileJob], base: str,
     The CRC32 is ICAT's, normalised; when ICAT has none, the one computed during the transfer
     (from `results`) is recorded instead, so the receipt always lets a user check the bytes.
     """
-    computed = {r.datafile_id: r.crc32 for r in results if isinstance(r, FileResult)}
+    done = {r.datafile_id: r for r in results if isinstance(r, FileResult)}
     entries = []
     for job in jobs:
         crc = parse_crc(job.checksum)
-        if crc is None:
-            crc = computed.get(job.datafile_id)
-        entries.append(ManifestFile(path=relative_to(job.rel_path, base), size=job.size,
+        result = done.get(job.datafile_id)
+        if crc is None and result is not None:
+            crc = result.crc32
+        size = result.bytes if job.trust_stream and result is not None else job.size
+        entries.append(ManifestFile(path=relative_to(job.rel_path, base), size=size,
                                     crc32=None if crc is None else format_crc(crc),
-                                    datafile_id=job.datafile_id))
+                                    datafile_id=job.datafile_id,
+                                    verified_by="zip-crc32" if job.trust_stream
+                                    else "icat-crc32"))
     return entries
 
 

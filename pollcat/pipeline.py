@@ -30,7 +30,13 @@ from pollcat import logsafe
 from pollcat.access import AccessContext, PosixAccessHook, grant_access
 from pollcat.access.retention import cleanup_command
 from pollcat.config import PipelineConfig
-from pollcat.delivery import DeliveryPlan, HeldByOther, plan_delivery, transfer_unless_delivered
+from pollcat.delivery import (
+    DeliveryPlan,
+    HeldByOther,
+    plan_delivery,
+    transfer_unless_delivered,
+    verify_download,
+)
 from pollcat.errors import (
     AccountRefused,
     ConfigurationError,
@@ -213,8 +219,21 @@ class Pipeline:
         if attempts > self.cfg.max_prepare_attempts:
             raise PermanentError(f"gave up after {attempts - 1} preparations ({why})",
                                  download_id=d.id)
-        self.state.update(d.id, prepare_attempts=attempts, last_error=redact(why))
         log.warning("download %s: preparing again (%s), attempt %d", d.id, redact(why), attempts)
+        try:
+            pid = self._prepare_once(d)
+        except TransientError as exc:
+            # a prepare of a large selection can outlive the HTTP timeout; TopCAT (or the IDS)
+            # may still finish it, and the next sweep re-reads the download: not an attempt
+            log.warning("download %s: preparing did not answer in time (%s); the next sweep "
+                        "looks again, attempt not counted", d.id, redact(str(exc)))
+            raise
+        self.state.update(d.id, prepare_attempts=attempts, last_error=redact(why))
+        return pid
+
+    def _prepare_once(self, d: Download) -> str:
+        """TopCAT's admin prepare where it has one (3.1+), else `prepareData` with the
+        functional account, whose preparedId pollcat then keeps (apart from the ledger)."""
         if self.topcat.prepare(d.id):
             fresh = self.topcat.get(d.id)
             if fresh and fresh.prepared_id and fresh.prepared_id != d.prepared_id:
@@ -259,7 +278,7 @@ class Pipeline:
                 except DeliveryLocked as exc:
                     return self._outcome(d, OutcomeKind.LOCKED, redact(exc.message))
                 except NotReady as exc:
-                    return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
+                    return self.waiting(d, redact(exc.message))
                 except Exception as exc:  # noqa: BLE001 - isolation
                     return self.fail(d, exc)
         raise AssertionError("unreachable")
@@ -358,6 +377,26 @@ class Pipeline:
                 record=lambda r: self._record_removal(r))
         return status
 
+    def verify(self, out: Callable[[str], None] = print) -> int:
+        """Re-read every delivered download's files on its target against its manifest (size
+        and CRC32): a COMPLETE download whose files went missing or changed is reported (exit
+        code 1), never silently trusted. Changes nothing."""
+        bad = 0
+        for rec in self.state.records():
+            target = self.cfg.routes.get(rec.transport)
+            if rec.verdict not in (Verdict.DELIVERED, Verdict.COMPLETED) or target is None \
+                    or rec.removed:
+                continue
+            check = verify_download(target, rec.path)
+            out(f"download {rec.download_id}: {'ok' if check.ok else 'PROBLEM'}: "
+                f"{check.summary()}")
+            if not check.ok:
+                bad += 1
+                log.error("download %s: delivered files do not match the manifest: %s",
+                          rec.download_id, check.summary())
+        out(f"summary: {bad} download(s) with problems")
+        return 1 if bad else 0
+
     def _record_removal(self, result: dict) -> None:
         rec = self.state.get(int(result["download_id"]))
         self.state.update(rec.download_id, removed=[*rec.removed, result])
@@ -398,7 +437,7 @@ class Pipeline:
         if isinstance(exc, ConfigurationError):
             raise exc
         if isinstance(exc, NotReady):
-            return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
+            return self.waiting(d, redact(exc.message))
         if isinstance(exc, PollcatError):
             exc.with_context(download_id=d.id)
         reason = redact(str(exc) if isinstance(exc, PollcatError)
@@ -452,8 +491,16 @@ class Pipeline:
             return None
         return self.expire(d, rec.reason or "expired earlier by pollcat")
 
-    def waiting(self, d: Download) -> Outcome:
-        return self._outcome(d, OutcomeKind.WAITING, "the IDS is still restoring the data")
+    def waiting(self, d: Download, reason: str = "the IDS is still restoring the data"
+                ) -> Outcome:
+        """Not ready yet; past the waiting deadline (a restore that never finishes, data the
+        IDS keeps evicting) the wait ends with a verdict an operator sees."""
+        rec = self.state.seen(d.id)
+        waited = datetime.now(UTC) - datetime.fromisoformat(rec.first_seen)
+        if waited > timedelta(hours=self.cfg.waiting_deadline_hours):
+            return self.expire(d, f"the IDS did not have the data online within "
+                                  f"{self.cfg.waiting_deadline_hours:g} h ({reason})")
+        return self._outcome(d, OutcomeKind.WAITING, reason)
 
     def forget(self, download_id: int) -> None:
         """Clear pollcat's verdict and counters for a download (an admin's resume, or an

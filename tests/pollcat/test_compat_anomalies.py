@@ -9,6 +9,7 @@ pipeline meets it, so the marker is removed then.
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import pytest
@@ -66,8 +67,6 @@ def test_stale_small_size_with_a_crc32_is_caught_by_the_checksum(make_sim, tmp_p
     assert not reported_verified_truncated(sim, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: pipeline must not verify a file by ICAT's "
-                                        "size alone when there is no CRC32 (lead's pipeline)")
 @pytest.mark.parametrize("datafile", [
     {"name": "stale.dat", "size": REAL, "file_size": 20_000, "checksum": None},
     {"name": "zero.dat", "size": REAL, "file_size": 0, "checksum": None},
@@ -76,10 +75,22 @@ def test_stale_small_size_with_a_crc32_is_caught_by_the_checksum(make_sim, tmp_p
 ], ids=["stale-size-no-checksum", "zero-size-no-checksum", "stale-size-md5"])
 def test_truncated_file_without_a_crc32_is_never_reported_verified(make_sim, tmp_path,
                                                                    datafile):
+    """Decision (docs/simulated-facility.md, "what pollcat does"): when ICAT has no CRC32 for a
+    datafile, pollcat fetches the download as the prepared zip, whose entries carry the real
+    size and CRC32 (checked while unzipping), and the manifest says so (`zip-crc32`)."""
     sim = anomaly_sim(make_sim, datafile)
     pipe = pipeline_for(sim, tmp_path)
     sweep_a_few(pipe)
     assert not reported_verified_truncated(sim, tmp_path)
+    (df,) = sim.store.datafiles.values()
+    real = b"".join(df.iter_bytes())
+    (path,) = delivered_files(tmp_path / "target/globus").values()
+    assert path.read_bytes() == real  # every byte, although ICAT's size is stale or 0
+    manifest = json.loads(next((tmp_path / "target/globus").rglob(
+        "pollcat-manifest.json")).read_text())
+    (entry,) = manifest["files"]
+    assert entry["verified_by"] == "zip-crc32" and entry["size"] == REAL
+    assert int(entry["crc32"], 16) == zlib.crc32(real)
 
 
 def test_downloads_whose_data_the_ids_evicted_before_the_fetch_are_delivered(make_sim,
