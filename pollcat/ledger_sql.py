@@ -130,6 +130,21 @@ def sqlite_url(path: str | os.PathLike[str]) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+_ENGINES: dict[tuple[int, str], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _shared_engine(url: str) -> Engine:
+    """One engine (one connection pool) per URL and process: a worker opens a store per flow
+    run, and a pool per store would multiply the connections each host holds on the server."""
+    key = (os.getpid(), url)  # a forked child must not reuse its parent's connections
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = _engine(url)
+        return engine
+
+
 def _engine(url: str) -> Engine:
     """An engine set up for pollcat's transactions on SQLite or PostgreSQL; nothing else."""
     try:
@@ -142,7 +157,8 @@ def _engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername in ("postgresql", "postgres"):  # psycopg (v3) is what is installed
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, pool_pre_ping=True, isolation_level="READ COMMITTED")
+        return sa.create_engine(parsed, pool_pre_ping=True, isolation_level="READ COMMITTED",
+                                pool_size=4, max_overflow=16)
     if backend == "sqlite":
         return _sqlite_engine(parsed)
     raise ConfigurationError(f"the ledger needs SQLite or PostgreSQL, not {backend!r} "
@@ -209,7 +225,7 @@ class SqlStateStore:
             raise ConfigurationError("a lease owner name is at most 160 characters")
         self._acquisitions = itertools.count(1)
         self.lease_seconds = float(lease_seconds)
-        self.engine = _engine(url)
+        self.engine = _shared_engine(url)
         self.dialect = self.engine.dialect.name
         try:
             self._create_schema()
@@ -221,7 +237,8 @@ class SqlStateStore:
                                      f"{exc.orig}") from None
 
     def close(self) -> None:
-        """Return the pooled connections (the store is unusable afterwards)."""
+        """Close the idle pooled connections of this URL (shared by the process's stores; any
+        of them reconnects when next used)."""
         self.engine.dispose()
 
     # ------------------------------------------------------------ plumbing
