@@ -16,6 +16,7 @@ would hide a missing install step: there it fails.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import pwd
@@ -102,6 +103,16 @@ def _as_user() -> dict:
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGQUIT (immediate shutdown) to postgres if the test process
+    dies without its teardown (killed by a timeout), so no server outlives its test run."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGQUIT), 0, 0, 0)
+
+
 def _unavailable(reason: str) -> None:
     message = f"{reason} (on Debian: apt-get install postgresql, as .ci/run does)"
     if os.environ.get("CI"):
@@ -153,7 +164,8 @@ def start_postgres(*, timeout: float = 60.0) -> PostgresServer:
                 [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
                  "-k", str(base), "-c", "fsync=off", "-c", "synchronous_commit=off",
                  "-c", "full_page_writes=off", "-c", "max_connections=100"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=base, env=env, **user)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=base, env=env,
+                preexec_fn=_die_with_parent, **user)
         server = PostgresServer(dir=base, port=port, proc=proc)
         try:
             _wait_ready(server, timeout)
