@@ -163,7 +163,7 @@ def start_postgres(*, timeout: float = 60.0) -> PostgresServer:
             proc = subprocess.Popen(
                 [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
                  "-k", str(base), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=100"],
+                 "-c", "full_page_writes=off", "-c", "max_connections=200"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=base, env=env,
                 preexec_fn=_die_with_parent, **user)
         server = PostgresServer(dir=base, port=port, proc=proc)

@@ -214,10 +214,12 @@ def _contend(url: str, sentinel: str, start: float, seconds: float, out) -> None
     wins = refusals = overlaps = 0
     while time.time() < start:
         time.sleep(0.001)
-    while time.time() < start + seconds:
+    end = time.time() + seconds  # a late starter (slow import under load) still gets its turn
+    while time.time() < end:
         with store.lock(1) as mine:
             if not mine:
                 refusals += 1
+                time.sleep(0.001)
                 continue
             wins += 1
             try:
@@ -250,7 +252,7 @@ def test_the_lease_is_exclusive_across_processes(db_url, tmp_path):
 
 
 def _hold_forever(url: str, ready) -> None:
-    store = SqlStateStore(url, "LILS", lease_seconds=2)
+    store = SqlStateStore(url, "LILS", lease_seconds=3)
     with store.lock(1) as mine:
         ready.put(mine)
         time.sleep(3600)
@@ -263,8 +265,8 @@ def test_a_killed_owners_lease_is_taken_over_after_expiry_and_not_before(db_url)
     owner.start()
     try:
         assert ready.get(timeout=60) is True
-        me = SqlStateStore(db_url, "LILS", lease_seconds=2)
-        deadline = time.monotonic() + 4.0  # twice the lease: only renewals keep it
+        me = SqlStateStore(db_url, "LILS", lease_seconds=3)
+        deadline = time.monotonic() + 4.0  # longer than the lease: only renewals keep it
         while time.monotonic() < deadline:
             with me.lock(1) as mine:
                 assert mine is False
@@ -273,7 +275,7 @@ def test_a_killed_owners_lease_is_taken_over_after_expiry_and_not_before(db_url)
         owner.join(timeout=10)
         killed_at = time.monotonic()
         left = me.lease(1)
-        assert left is not None and 0 < left.expires_in <= 2.0
+        assert left is not None and 0 < left.expires_in <= 3.0
         assert not left.owner.startswith(me.owner)
         while True:
             with me.lock(1) as mine:
@@ -284,7 +286,7 @@ def test_a_killed_owners_lease_is_taken_over_after_expiry_and_not_before(db_url)
             assert time.monotonic() - killed_at < left.expires_in + 5, "never taken over"
             time.sleep(0.05)
         assert waited >= left.expires_in - 0.05, (waited, left)  # not before expiry ...
-        assert waited < left.expires_in + 1.0, (waited, left)  # ... but soon after
+        assert waited < left.expires_in + 2.0, (waited, left)  # ... but soon after
         assert me.lease(1) is None  # released at exit
         me.close()
     finally:
@@ -331,7 +333,7 @@ def _json_state(state_dir: Path) -> StateStore:
 def _all_text(url: str, table: str) -> str:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT * FROM {table}")).all()  # noqa: S608 (test)
+        rows = conn.execute(sa.text(f"SELECT * FROM {table}")).all()
     engine.dispose()
     return repr(rows)
 
