@@ -389,10 +389,12 @@ def test_the_sqlite_file_is_private(tmp_path):
     assert (tmp_path / "ledger.db").stat().st_mode & 0o077 == 0
 
 
-@pytest.mark.parametrize("url", ["mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "nonsense"])
-def test_unusable_urls_are_configuration_errors(url):
-    with pytest.raises(ConfigurationError):
+@pytest.mark.parametrize("url", ["mysql://u:s3cret@h/db", "sqlite://", "sqlite:///:memory:",
+                                 "nonsense-s3cret", "postgresql+nosuchdriver://u:s3cret@h/db"])
+def test_unusable_urls_are_configuration_errors_without_the_password(url):
+    with pytest.raises(ConfigurationError) as err:
         SqlStateStore(url, "LILS")
+    assert "s3cret" not in str(err.value)
 
 
 def test_an_unreachable_database_is_a_configuration_error_without_the_password():
