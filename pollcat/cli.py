@@ -132,7 +132,10 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     target = {k: v for k, v in vars(args).items()
               if k in TargetConfig.model_fields and k != "url"}
     routes = {t: TargetConfig(url=u, **target) for t, u in _routes(args.route).items()}
-    return PipelineConfig(facility=facility, routes=routes, **_values(args, SweepSettings))
+    sweep = _values(args, SweepSettings)
+    if os.environ.get("POLLCAT_LEDGER_URL"):  # may hold a password: never a flag (`ps`)
+        sweep["ledger_url"] = SecretStr(os.environ["POLLCAT_LEDGER_URL"])
+    return PipelineConfig(facility=facility, routes=routes, **sweep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,11 @@ class TargetConfig(BaseModel):
 class SweepSettings(BaseModel):
     """How a sweep behaves: deadlines, attempts, parallelism, pollcat's own state."""
 
+    ledger_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the shared ledger (sqlite:///... for several processes "
+                    "on one host, postgresql://... for many hosts); unset: JSON files in "
+                    "state_dir. Stored masked: it may hold a password.")
     state_dir: Path = Field(
         default_factory=_default_state_dir,
         description="pollcat's ledger and locks (default $POLLCAT_STATE_DIR or "

@@ -54,7 +54,8 @@ from pollcat.errors import (
 )
 from pollcat.facility import FacilityClients
 from pollcat.layout import map_user
-from pollcat.state import LedgerRecord, StateStore, fingerprint, now_iso
+from pollcat.ledger_sql import open_state_store
+from pollcat.state import LedgerRecord, fingerprint, now_iso
 from pollcat.states import DownloadStatus, OutcomeKind, Verdict
 from pollcat.topcat import Download
 from pollcat.transfer import FileResult
@@ -126,7 +127,9 @@ class Pipeline:
                  hooks: Sequence[Hook] = ()):
         self.cfg = cfg
         self.clients = clients or FacilityClients(cfg.facility)
-        self.state = StateStore(cfg.state_dir, cfg.facility.facility_name)
+        self.state = open_state_store(cfg.state_dir, cfg.facility.facility_name,
+                                      cfg.ledger_url.get_secret_value() if cfg.ledger_url
+                                      else None)
         self.hooks = list(hooks)
         self._held: dict[str, str] = {}  # target URL -> why it is held, for this sweep
         self._globus: dict[str, Any] = {}  # target URL -> GlobusGrants (one login per target)
@@ -348,14 +351,12 @@ class Pipeline:
         grant = grants.grant(plan.download_dir, d.user_name, email=d.email, download_id=d.id)
         record = {"download_id": d.id, "hook": "globus", "kind": "grant-globus-acl",
                   **grant.record()}
-        rec = self.state.get(d.id)
-        if not any(g.get("rule_id") == grant.rule_id for g in rec.grants):
-            self.state.update(d.id, grants=[*rec.grants, record])
+        self.state.update(d.id, grants=lambda r: r.grants if any(
+            g.get("rule_id") == grant.rule_id for g in r.grants) else [*r.grants, record])
         return grant.link
 
     def _record_grant(self, download_id: int, action: dict) -> None:
-        rec = self.state.get(download_id)
-        self.state.update(download_id, grants=[*rec.grants, action])
+        self.state.update(download_id, grants=lambda r: [*r.grants, action])
 
     def cleanup(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> int:
         """Retention: remove deliveries older than their target's `retention_days` and revoke
@@ -398,8 +399,7 @@ class Pipeline:
         return 1 if bad else 0
 
     def _record_removal(self, result: dict) -> None:
-        rec = self.state.get(int(result["download_id"]))
-        self.state.update(rec.download_id, removed=[*rec.removed, result])
+        self.state.update(int(result["download_id"]), removed=lambda r: [*r.removed, result])
 
     def _complete(self, d: Download, plan: DeliveryPlan, link: str | None = None) -> None:
         if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit

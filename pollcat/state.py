@@ -126,7 +126,9 @@ class StateStore:
         for key, value in fields.items():
             if not hasattr(rec, key):
                 raise AttributeError(f"the ledger has no field {key!r}")
-            setattr(rec, key, value)
+            # a function of the current record: an increment or an append that the SQL store
+            # evaluates inside its transaction (here the per-download lock serialises writers)
+            setattr(rec, key, value(rec) if callable(value) else value)
         rec.first_seen = rec.first_seen or now_iso()
         rec.updated = now_iso()
         path = self._path(download_id)

@@ -15,6 +15,7 @@ from pollcat.pipeline import Pipeline
 from pollcat.state import StateStore
 from pollcat.states import OutcomeKind, Verdict
 from tests.conftest import scenario
+from tests.pollcat.test_ledger_sql import pg_server  # noqa: F401  (fixture)
 from tests.support import (
     crc_hex,
     delivered_files,
@@ -263,3 +264,30 @@ def test_a_prepare_that_times_out_is_not_an_attempt(make_sim, tmp_path):
             break
     assert statuses(sim.url) == {1: "COMPLETE"}
     assert _ledger(tmp_path).get(1).prepare_attempts == 1
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_the_pipeline_on_a_shared_sql_ledger(make_sim, tmp_path, db, request):
+    """Two workers with separate state dirs but one database ledger: the download is delivered
+    once, the second worker finds it completed, and the ledger holds no preparedId."""
+    from pydantic import SecretStr
+
+    from pollcat.ledger_sql import sqlite_url
+
+    if db == "sqlite":
+        url = sqlite_url(tmp_path / "ledger.db")
+    else:
+        postgres = request.getfixturevalue("pg_server")
+        url = postgres.create_database()
+    sim = make_sim(scenario(downloads=[ALICE]))
+    wait_status(sim.url, "RESTORING")
+    workers = []
+    for n in "AB":
+        base = pipeline_for(sim, tmp_path, state_dir=tmp_path / f"state-{n}")
+        workers.append(Pipeline(base.cfg.model_copy(update={"ledger_url": SecretStr(url)})))
+    (first,) = workers[0].sweep()
+    assert first.outcome == OutcomeKind.COMPLETED
+    assert workers[1].sweep() == []  # TopCAT says COMPLETE: nothing to discover
+    rec = workers[1].state.get(1)
+    assert rec.verdict == Verdict.COMPLETED and rec.files == 2
+    assert not list((tmp_path / "state-A" / "LILS").glob("ledger/*.json"))
