@@ -115,16 +115,23 @@ def plan_delivery(d: Download, target: TargetConfig, facility: str, clients: Fac
 
 def _plan_files(plan: DeliveryPlan, fields: dict[str, str], clients: FacilityClients,
                 prepared_id: str) -> None:
-    d = plan.download
+    plan.jobs, plan.infos = plan_jobs(plan.download, plan.target, plan.download_dir, fields,
+                                      clients, prepared_id)
+
+
+def plan_jobs(d: Download, target: TargetConfig, download_dir: str, fields: dict[str, str],
+              clients: FacilityClients, prepared_id: str
+              ) -> tuple[list[FileJob], dict[int, DatafileInfo]]:
+    """The IDS's list of the download's datafiles, each with its checked path on the target."""
     df_ids = clients.ids_for(d.transport).datafile_ids(prepared_id)
     infos = catalog.datafiles(clients.icat, df_ids, download_id=d.id)
-    plan.infos = {i.id: i for i in infos}
+    jobs: list[FileJob] = []
     seen: dict[str, str] = {}
     for info in infos:
         f = dict(fields, investigation=info.investigation, visit=info.visit,
                  dataset=info.dataset, datafile=info.name)
         try:
-            rel = check_not_reserved(render_path(plan.target.layout, f), plan.download_dir)
+            rel = check_not_reserved(render_path(target.layout, f), download_dir)
         except UnsafePathError as exc:
             raise exc.with_context(download_id=d.id, datafile=info.name) from None
         if rel in seen:
@@ -133,9 +140,10 @@ def _plan_files(plan: DeliveryPlan, fields: dict[str, str], clients: FacilityCli
                 "{dataset} or {investigation} to the layout", download_id=d.id,
                 datafile=info.name)
         seen[rel] = info.name
-        plan.jobs.append(FileJob(datafile_id=info.id, name=info.name, rel_path=rel,
-                                 size=info.size, checksum=info.checksum, open=None,
-                                 trust_stream=parse_crc(info.checksum) is None))
+        jobs.append(FileJob(datafile_id=info.id, name=info.name, rel_path=rel,
+                            size=info.size, checksum=info.checksum, open=None,
+                            trust_stream=parse_crc(info.checksum) is None))
+    return jobs, {i.id: i for i in infos}
 
 
 def claim_download_dir(d: Download, target: TargetConfig, facility: str, tfs: TargetFS,

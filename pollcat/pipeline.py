@@ -37,6 +37,7 @@ from pollcat.delivery import (
     transfer_unless_delivered,
     verify_download,
 )
+from pollcat.delivery_s3 import deliver_to_object_store, is_object_store
 from pollcat.errors import (
     AccountRefused,
     ConfigurationError,
@@ -298,17 +299,23 @@ class Pipeline:
         if fresh.status == DownloadStatus.COMPLETE and \
                 self.state.get(d.id).verdict == Verdict.COMPLETED:
             return self._outcome(d, OutcomeKind.SKIPPED, "already completed")
-        plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.facility_name,
-                             self.clients, prepared_id)
-        if isinstance(plan, HeldByOther):  # a worker on another host writes it right now
-            return self._outcome(d, OutcomeKind.LOCKED, plan.reason)
-        total = sum(j.size for j in plan.jobs)
-        results = transfer_unless_delivered(plan, prepared_id, self.clients,
-                                            self.facility_name, total, on_progress)
+        target = self.cfg.routes[fresh.transport]
+        if is_object_store(target):
+            plan, results = deliver_to_object_store(fresh, target, self.facility_name,
+                                                    self.clients, prepared_id, on_progress)
+            link = plan.link
+            total = sum(j.size for j in plan.jobs)
+        else:
+            plan = plan_delivery(fresh, target, self.facility_name, self.clients, prepared_id)
+            if isinstance(plan, HeldByOther):  # a worker on another host writes it right now
+                return self._outcome(d, OutcomeKind.LOCKED, plan.reason)
+            total = sum(j.size for j in plan.jobs)
+            results = transfer_unless_delivered(plan, prepared_id, self.clients,
+                                                self.facility_name, total, on_progress)
+            self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
+            link = self._grant_globus(fresh, plan)
         for hook in self.hooks:
             hook(plan, results)
-        self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
-        link = self._grant_globus(fresh, plan)
         self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
                           transport=fresh.transport, files=len(plan.jobs), bytes=total,
                           mismatch_count=0, mismatch_signature="",
