@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from fsspec.core import url_to_fs
 
@@ -84,21 +85,30 @@ class HeldByOther:
 
 def open_download_target(target: TargetConfig) -> tuple[Any, str, TargetFS]:
     """(fsspec filesystem, root, no-follow target layer) for a configured target."""
-    fs, root = url_to_fs(target.url, **target.storage_options)
+    options = dict(target.storage_options)
+    if urlparse(target.url).scheme not in ("", "file", "local"):
+        # a fresh connection per delivery: fsspec's cached instance would keep a dropped SSH
+        # connection for the rest of the sweep
+        options["skip_instance_cache"] = True
+    fs, root = url_to_fs(target.url, **options)
     root = root.rstrip("/") or "/"
     return fs, root, open_target(fs, root)
 
 
 def plan_delivery(d: Download, target: TargetConfig, facility: str, clients: FacilityClients,
-                  prepared_id: str, *, lease_s: float = DEFAULT_LEASE_S
-                  ) -> DeliveryPlan | HeldByOther:
-    """Claim the download's directory on the target and map every datafile to its path."""
+                  prepared_id: str, *, lease_s: float = DEFAULT_LEASE_S,
+                  token: str | None = None) -> DeliveryPlan | HeldByOther:
+    """Claim the download's directory on the target and map every datafile to its path.
+
+    `token` names this worker's claim; a delivery restarted after a lost connection passes the
+    same token, so its own live claim does not keep it out."""
     fs, root, tfs = open_download_target(target)
     user = map_user(d.user_name, target.user_rule, target.user_map)
     fields = {"user": user, "download": d.file_name, "download_id": str(d.id),
               "facility": facility, "transport": d.transport}
     try:
-        claim = claim_download_dir(d, target, facility, tfs, fields, lease_s=lease_s)
+        claim = claim_download_dir(d, target, facility, tfs, fields, lease_s=lease_s,
+                                   token=token)
     except PollcatError as exc:
         raise exc.with_context(download_id=d.id) from None
     if claim.result is not ClaimResult.ACQUIRED:
@@ -147,7 +157,8 @@ def plan_jobs(d: Download, target: TargetConfig, download_dir: str, fields: dict
 
 
 def claim_download_dir(d: Download, target: TargetConfig, facility: str, tfs: TargetFS,
-                       fields: dict[str, str], *, lease_s: float = DEFAULT_LEASE_S) -> Claim:
+                       fields: dict[str, str], *, lease_s: float = DEFAULT_LEASE_S,
+                       token: str | None = None) -> Claim:
     """Claim the download's own directory; a second download with the same fileName by the
     same user gets `<fileName>_<id>` instead of mixing files (deterministically, every run).
 
@@ -156,12 +167,12 @@ def claim_download_dir(d: Download, target: TargetConfig, facility: str, tfs: Ta
     """
     prefix = download_template(target.layout)  # TargetConfig ensures it names the download
     claim = acquire(tfs, render_path(prefix, fields), facility=facility, download_id=d.id,
-                    lease_s=lease_s)
+                    lease_s=lease_s, token=token)
     if claim.result is not ClaimResult.OTHER_DOWNLOAD:
         return claim
     fields["download"] = f"{d.file_name}_{d.id}"
     claim = acquire(tfs, render_path(prefix, fields), facility=facility, download_id=d.id,
-                    lease_s=lease_s)
+                    lease_s=lease_s, token=token)
     if claim.result is ClaimResult.OTHER_DOWNLOAD:
         raise PermanentError(f"both {d.file_name!r} and {fields['download']!r} belong to other "
                              f"downloads under {tfs.path(claim.dir)!r}", download_id=d.id)

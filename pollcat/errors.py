@@ -149,6 +149,11 @@ class UnsafeTargetPath(PermanentError):
     """
 
 
+class TargetConnectionLost(TransientError):
+    """The connection to a remote target (SFTP) broke: reconnect and continue the delivery,
+    which resumes from its part files."""
+
+
 class DeliveryLocked(PollcatError):
     """Another worker owns this download now (its claim on the target is live, or this worker
     lost its claim mid-transfer): an outcome ("locked"), never a failure of the download."""

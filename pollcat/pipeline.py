@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -49,6 +50,7 @@ from pollcat.errors import (
     PreparedIdUnknown,
     RestoreFailed,
     SessionError,
+    TargetConnectionLost,
     TargetUnavailable,
     TransientError,
     VerificationError,
@@ -66,6 +68,10 @@ log = logging.getLogger("pollcat.pipeline")
 #: What may go into a reason, the ledger or a report: no password, session id or preparedId,
 #: whoever's message quoted it ("The preparedId ... is not known").
 redact = logsafe.redact
+
+#: How many times one delivery reconnects to a remote target whose connection broke, within
+#: the same sweep (the part files make it continue where it stopped).
+TARGET_RECONNECTS = 2
 
 #: How many times one delivery is started again in the same sweep after the IDS or TopCAT
 #: refused the functional account's session (the session expired mid-transfer): part files
@@ -262,9 +268,16 @@ class Pipeline:
         with self.state.lock(d.id) as mine:
             if not mine:
                 return self._outcome(d, OutcomeKind.LOCKED, "another worker is delivering it")
-            for restart in range(SESSION_RESTARTS + 1):
+            token, reconnects, restart = uuid.uuid4().hex, 0, 0
+            while True:
                 try:
-                    return self._deliver_locked(d, prepared_id, on_progress)
+                    return self._deliver_locked(d, prepared_id, on_progress, token)
+                except TargetConnectionLost as exc:
+                    if reconnects == TARGET_RECONNECTS:
+                        return self.fail(d, exc)
+                    reconnects += 1
+                    log.warning("download %s: %s; reconnecting (%d/%d)", d.id,
+                                redact(exc.message), reconnects, TARGET_RECONNECTS)
                 except (SessionError, PermanentServiceError) as exc:
                     if not _refused_session(exc):
                         return self.fail(d, exc)
@@ -277,6 +290,7 @@ class Pipeline:
                     log.warning("download %s: %s refused the session; logging in again and "
                                 "continuing", d.id, exc.service)
                     self.clients.icat.invalidate()
+                    restart += 1
                 except ConfigurationError:
                     raise
                 except DeliveryLocked as exc:
@@ -288,7 +302,8 @@ class Pipeline:
         raise AssertionError("unreachable")
 
     def _deliver_locked(self, d: Download, prepared_id: str,
-                        on_progress: Callable[[int, int], None] | None) -> Outcome:
+                        on_progress: Callable[[int, int], None] | None,
+                        token: str | None = None) -> Outcome:
         t0 = time.monotonic()
         fresh = self.topcat.get(d.id)
         if fresh is None or fresh.is_deleted or fresh.status not in (
@@ -306,7 +321,8 @@ class Pipeline:
             link = plan.link
             total = sum(j.size for j in plan.jobs)
         else:
-            plan = plan_delivery(fresh, target, self.facility_name, self.clients, prepared_id)
+            plan = plan_delivery(fresh, target, self.facility_name, self.clients, prepared_id,
+                                 token=token)
             if isinstance(plan, HeldByOther):  # a worker on another host writes it right now
                 return self._outcome(d, OutcomeKind.LOCKED, plan.reason)
             total = sum(j.size for j in plan.jobs)

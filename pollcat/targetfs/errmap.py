@@ -13,10 +13,19 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pollcat.errors import PollcatError, TargetError, TargetUnavailable, TransientError
+from pollcat.errors import (
+    PollcatError,
+    TargetConnectionLost,
+    TargetError,
+    TargetUnavailable,
+    TransientError,
+)
 
 #: errno values of a full, over-quota or read-only target: retry later, the download is fine.
 UNAVAILABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+#: errno values of a remote target whose connection broke (asyncssh's ConnectionLost and
+#: DisconnectError arrive as ECONNRESET): reconnect.
+CONNECTION_LOST = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ENOTCONN}
 #: errno values that mean the target refuses (retrying the same thing will not help).
 _REFUSALS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
              errno.ENAMETOOLONG, errno.EFBIG, errno.ELOOP}
@@ -26,7 +35,9 @@ _REFUSALS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIS
 _SFTP_ERRNO = {2: errno.ENOENT, 3: errno.EACCES, 10: errno.ENOENT, 11: errno.EEXIST,
                12: errno.EROFS, 14: errno.ENOSPC, 15: errno.EDQUOT, 18: errno.ENOTEMPTY,
                19: errno.ENOTDIR, 20: errno.EINVAL, 21: errno.ELOOP, 22: errno.EACCES,
-               24: errno.EISDIR}
+               24: errno.EISDIR,
+               # FX_NO_CONNECTION, FX_CONNECTION_LOST: asyncssh's "Connection not open/lost"
+               6: errno.ENOTCONN, 7: errno.ECONNRESET}
 
 
 def _sftp_errno(code: int, reason: str) -> int:
@@ -61,6 +72,9 @@ def as_os_error(exc: BaseException) -> OSError | None:
 
 def target_error(exc: OSError, path: str, datafile: str | None = None) -> PollcatError:
     """Full/quota/read-only: TargetUnavailable; other refusals: TargetError; else transient."""
+    if exc.errno in CONNECTION_LOST:
+        return TargetConnectionLost(f"the connection to the target broke at {path!r}: {exc}",
+                                    datafile=datafile)
     if exc.errno in UNAVAILABLE:
         return TargetUnavailable(f"target cannot take {path!r} now: {exc}", datafile=datafile)
     if isinstance(exc, PermissionError) or exc.errno in _REFUSALS:
