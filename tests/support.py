@@ -99,3 +99,18 @@ def delivered_files(root: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in root.rglob("*")
             if p.is_file() and not p.name.startswith(".pollcat") and
             not p.name.endswith(".pollcat-part") and p.name != "pollcat-manifest.json"}
+
+
+class BytesSource:
+    """A `Readable` over bytes, opened at an offset: a stand-in for an IDS stream."""
+
+    def __init__(self, data: bytes, offset: int = 0):
+        self.data, self.pos = data, offset
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass

@@ -26,19 +26,9 @@ from pollcat.manifest import (
 from pollcat.targetfs import LocalTarget
 from pollcat.targetfs import open_target as T
 from pollcat.transfer import FileJob, write_file
+from tests.support import BytesSource
 
-
-class Source:
-    def __init__(self, data: bytes, offset: int):
-        self.data, self.pos = data, offset
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def close(self) -> None:
-        pass
+Source = BytesSource
 
 
 def job(i: int, data: bytes, rel: str, checksum: str | None = "auto") -> FileJob:
@@ -86,7 +76,8 @@ def test_write_and_read_back(target):
     assert data["transport"] == "sftp" and data["completed_at"].endswith("Z")
     assert data["totals"] == {"files": 3, "bytes": len(DATAS[0]) + len(DATAS[1])}
     assert data["files"][0] == {"path": "INV/1/ds/a.txt", "size": len(DATAS[0]),
-                                "crc32": format(zlib.crc32(DATAS[0]), "x"), "datafile_id": 1}
+                                "crc32": format(zlib.crc32(DATAS[0]), "x"), "datafile_id": 1,
+                                "verified_by": "icat-crc32"}
     # no checksum in ICAT: the computed one is recorded
     assert data["files"][2]["crc32"] == format(zlib.crc32(b""), "x")
     assert read_manifest(T(fs, root), BASE) == written

@@ -22,7 +22,14 @@ from pollcat.state import StateStore
 from pollcat.targetfs import open_target
 from pollcat.transfer import FileJob, Reopen, write_file
 from tests.conftest import scenario
-from tests.support import delivered_files, pipeline_for, statuses, sweep_until_complete, wait_status
+from tests.support import (
+    BytesSource,
+    delivered_files,
+    pipeline_for,
+    statuses,
+    sweep_until_complete,
+    wait_status,
+)
 
 ALICE_RUN42 = {"user": "simple/alice", "transport": "globus", "file_name": "alice_run42",
                "email": "alice@example.org",
@@ -60,17 +67,7 @@ def read_only(tmp_path) -> Iterator[Path]:
         _run("umount", "-l", str(mnt))
 
 
-class Source:
-    def __init__(self, data: bytes, offset: int):
-        self.data, self.pos = data, offset
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def close(self) -> None:
-        pass
+Source = BytesSource
 
 
 def job(data: bytes, rel: str = "alice/dl/INV/1/ds/big.dat", i: int = 7) -> FileJob:
