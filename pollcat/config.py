@@ -187,6 +187,10 @@ class SweepSettings(BaseModel):
         default=168.0, gt=0,
         description="A download whose data the IDS has not restored this long after pollcat "
                     "first saw it is expired with that reason (and alerts the operator).")
+    alert_waiting_hours: float = Field(
+        default=24.0, gt=0,
+        description="A download still waiting for its restore this long after pollcat first "
+                    "saw it raises a pollcat.download.stuck event (an operator alert).")
     deliver_completed: bool = Field(
         default=True, description="Single-level IDS: deliver COMPLETE downloads too.")
     max_parallel_downloads: int = Field(default=4, ge=1, le=64,

@@ -571,7 +571,29 @@ class Pipeline:
             if submit is None:
                 def submit(d: Download, pid: str) -> Future[Outcome]:
                     return local.submit(contextvars.copy_context().run, self.deliver, d, pid)
-            return _Sweep(self, list(downloads), submit, deadline).run()
+            outcomes = _Sweep(self, list(downloads), submit, deadline).run()
+        self._remember(outcomes)
+        return outcomes
+
+    def _remember(self, outcomes: Sequence[Outcome]) -> None:
+        """Keep each download's latest outcome and since when it holds (for the status an
+        operator reads: "waiting since Monday"); written only when it changes."""
+        for o in outcomes:
+            rec = self.state.get(o.download_id)
+            if rec.outcome != o.outcome:
+                self.state.update(o.download_id, outcome=str(o.outcome),
+                                  outcome_since=now_iso())
+
+    def status_rows(self, limit: int = 1000) -> list[dict]:
+        """Every download pollcat knows, newest first: what it is doing and why."""
+        rows = []
+        for rec in sorted(self.state.records(), key=lambda r: -r.download_id)[:limit]:
+            rows.append({
+                "download_id": rec.download_id, "transport": rec.transport,
+                "state": str(rec.verdict or rec.outcome or "seen"),
+                "since": rec.outcome_since or rec.first_seen, "first_seen": rec.first_seen,
+                "files": rec.files, "reason": redact(rec.reason or rec.last_error)})
+        return rows
 
     def run_one(self, d: Download, budget_s: float | None = None,
                 submit: Submit | None = None) -> Outcome:

@@ -52,6 +52,8 @@ class LedgerRecord:
     verdict: Verdict | None = None
     reason: str = ""
     expired_in_topcat: bool = False  # TopCAT accepted EXPIRED (a later RESTORING is a resume)
+    outcome: str = ""  # the last sweep's outcome for it (waiting, retry, held, ...)
+    outcome_since: str = ""  # since when that outcome holds
     prepare_attempts: int = 0
     restore_failures: int = 0
     prepared_from: str = ""  # fingerprint of TopCAT's preparedId when pollcat prepared its own
