@@ -109,6 +109,11 @@ class TargetConfig(BaseModel):
                     "e.g. {\"accounts\": \"existing\", \"retention_days\": 15}; unset: files "
                     "stay as the service account writes them.")
 
+    access_helper: dict[str, Any] | None = Field(
+        default=None,
+        description="SFTP targets: how to reach the pollcat-access-helper forced command that "
+                    "applies the access policy on the server (host, user, key_file, "
+                    "known_hosts, port; deploy/sftp-helper/README.md).")
     globus: dict[str, Any] | None = Field(
         default=None, repr=False,
         description="A Globus guest collection whose root is this target's root: each delivery "
@@ -131,6 +136,18 @@ class TargetConfig(BaseModel):
             raise ConfigurationError(f"Globus settings of {self.url}: {exc}") from None
 
     @property
+    def helper_target(self) -> Any:
+        """`pollcat.access.sftp.SshHelperTarget` from `access_helper`, or None."""
+        if self.access_helper is None:
+            return None
+        from pollcat.access.sftp import SshHelperTarget
+
+        try:
+            return SshHelperTarget(**self.access_helper)
+        except TypeError as exc:
+            raise ConfigurationError(f"access_helper of {self.url}: {exc}") from None
+
+    @property
     def access_policy(self) -> AccessPolicy | None:
         return AccessPolicy.from_mapping(self.access) if self.access is not None else None
 
@@ -149,10 +166,13 @@ class TargetConfig(BaseModel):
         self.globus_settings  # noqa: B018 - validated now, not at delivery
         if self.access is not None:
             self.access_policy  # noqa: B018 - validates the policy now, not at delivery
-            if urlparse(self.url).scheme not in ("", "file", "local"):
+            remote = urlparse(self.url).scheme not in ("", "file", "local")
+            if remote and self.access_helper is None:
                 raise ConfigurationError(
-                    f"{self.url}: access policies are applied on local (or locally mounted) "
-                    "targets; for SFTP use the forced-command helper (deploy/sftp-helper)")
+                    f"{self.url}: an access policy on a remote target needs access_helper, the "
+                    "forced-command helper on the server (deploy/sftp-helper/README.md)")
+            if self.access_helper is not None:
+                self.helper_target  # noqa: B018 - validated now
         prefix = download_template(self.layout)
         if "{download}" not in prefix and "{download_id}" not in prefix:
             raise ConfigurationError(

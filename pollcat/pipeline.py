@@ -357,8 +357,12 @@ class Pipeline:
             account=map_user(d.user_name, plan.target.user_rule, plan.target.user_map),
             root=plan.root, download_dir=plan.download_dir,
             files=[j.rel_path for j in plan.jobs])
-        grant_access(PosixAccessHook(policy), ctx, record=lambda action: self._record_grant(
-            d.id, action))
+        hook = PosixAccessHook(policy)
+        if plan.target.helper_target is not None:  # a remote target: the server's helper
+            from pollcat.access.sftp import SshHelperHook
+
+            hook = SshHelperHook(policy, plan.target.helper_target)
+        grant_access(hook, ctx, record=lambda action: self._record_grant(d.id, action))
 
     def _grant_globus(self, d: Download, plan: DeliveryPlan) -> str | None:
         """Globus targets: a read rule for the user's identity on the delivery's folder
