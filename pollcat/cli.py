@@ -79,7 +79,8 @@ def _values(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pollcat", description="Deliver TopCAT downloads.")
+    p = argparse.ArgumentParser(prog="pollcat", description="Deliver TopCAT downloads.",
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     _configured(sub, "sweep", "run one sweep of a facility")
     _configured(sub, "check", "check services, privileges and targets; change nothing")
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _configured(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     """A subcommand that takes the whole configuration as flags."""
-    s = sub.add_parser(name, help=help_text)
+    s = sub.add_parser(name, help=help_text, allow_abbrev=False)  # one name per setting
     s.add_argument("--route", action="append", default=[], metavar="TRANSPORT=TARGET_URL",
                    required=True,
                    help="deliver TRANSPORT downloads to this fsspec URL (repeatable)")

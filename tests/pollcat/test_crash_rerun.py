@@ -38,9 +38,10 @@ def test_killed_sweep_resumes_without_duplicates(make_sim, tmp_path):
     env = dict(os.environ, POLLCAT_PASSWORD="pollpass")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pollcat.cli", "sweep", "--icat-url", sim.url, "--ids-url",
-         sim.url, "--topcat-url", sim.url, "--facility", "LILS", "--username", "pollcat",
-         "--route", f"globus=file://{out}", "--state-dir", str(state), "--poll-budget", "10",
-         "--timeout", "120"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         sim.url, "--topcat-url", sim.url, "--facility-name", "LILS", "--username", "pollcat",
+         "--route", f"globus=file://{out}", "--state-dir", str(state),
+         "--poll-budget-seconds", "10", "--timeout-seconds", "120"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         part = wait_for(lambda: next((p for p in out.rglob("*.pollcat-part")
                                       if p.stat().st_size >= 8 << 20), None),

@@ -122,9 +122,9 @@ def test_cli_sweep_at_debug_everywhere_leaks_nothing(make_sim, tmp_path, caplog,
         h.removeFilter(logsafe._FILTER)
     assert not logsafe.installed_on(caplog.handler)
     argv = ["sweep", "--icat-url", sim.url, "--ids-url", sim.url, "--topcat-url", sim.url,
-            "--facility", "LILS", "--username", "pollcat", "--route",
+            "--facility-name", "LILS", "--username", "pollcat", "--route",
             f"globus=file://{tmp_path / 'out'}", "--state-dir", str(tmp_path / "st"),
-            "--poll-budget", "5", "--json", "-v"]
+            "--poll-budget-seconds", "5", "--json", "-v"]
     for _ in range(5):
         assert cli.main(argv) == 0
         if set(statuses(sim.url).values()) == {"COMPLETE"}:
