@@ -24,19 +24,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from urllib.parse import urlparse
 
-from pollcat import logsafe
-from pollcat.access import AccessContext, PosixAccessHook, grant_access
-from pollcat.access.retention import cleanup_command
+from pollcat import logsafe, maintenance
 from pollcat.config import PipelineConfig
 from pollcat.delivery import (
     DeliveryPlan,
     HeldByOther,
     plan_delivery,
     transfer_unless_delivered,
-    verify_download,
 )
 from pollcat.delivery_s3 import deliver_to_object_store, is_object_store
 from pollcat.errors import (
@@ -56,7 +51,7 @@ from pollcat.errors import (
     VerificationError,
 )
 from pollcat.facility import FacilityClients
-from pollcat.layout import map_user
+from pollcat.grants import GlobusGranter, grant_access
 from pollcat.ledger_sql import open_state_store
 from pollcat.state import LedgerRecord, fingerprint, now_iso
 from pollcat.states import DownloadStatus, OutcomeKind, Verdict
@@ -139,7 +134,7 @@ class Pipeline:
                                       else None)
         self.hooks = list(hooks)
         self._held: dict[str, str] = {}  # target URL -> why it is held, for this sweep
-        self._globus: dict[str, Any] = {}  # target URL -> GlobusGrants (one login per target)
+        self._globus = GlobusGranter()  # one Globus login per target, kept for the sweep
         self._held_lock = threading.Lock()
 
     @property
@@ -328,8 +323,9 @@ class Pipeline:
             total = sum(j.size for j in plan.jobs)
             results = transfer_unless_delivered(plan, prepared_id, self.clients,
                                                 self.facility_name, total, on_progress)
-            self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
-            link = self._grant_globus(fresh, plan)
+            # before COMPLETE: never announce data the user cannot read
+            grant_access(self.state, fresh, plan)
+            link = self._globus.grant(self.state, fresh, plan)
         for hook in self.hooks:
             hook(plan, results)
         self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
@@ -344,89 +340,6 @@ class Pipeline:
         out.path = self._display_path(plan)
         out.seconds = time.monotonic() - t0
         return out
-
-    def _grant_access(self, d: Download, plan: DeliveryPlan) -> None:
-        """The target's access policy: the user (and only the user, or a configured group)
-        can read the delivery. Every applied action goes into the ledger, so retention can
-        revoke it; a rerun plans nothing and records nothing."""
-        policy = plan.target.access_policy
-        if policy is None:
-            return
-        ctx = AccessContext(
-            download_id=d.id, icat_user=d.user_name,
-            account=map_user(d.user_name, plan.target.user_rule, plan.target.user_map),
-            root=plan.root, download_dir=plan.download_dir,
-            files=[j.rel_path for j in plan.jobs])
-        hook = PosixAccessHook(policy)
-        if plan.target.helper_target is not None:  # a remote target: the server's helper
-            from pollcat.access.sftp import SshHelperHook
-
-            hook = SshHelperHook(policy, plan.target.helper_target)
-        grant_access(hook, ctx, record=lambda action: self._record_grant(d.id, action))
-
-    def _grant_globus(self, d: Download, plan: DeliveryPlan) -> str | None:
-        """Globus targets: a read rule for the user's identity on the delivery's folder
-        (idempotent: an identical rule counts), kept in the ledger; the folder's web link."""
-        settings = plan.target.globus_settings
-        if settings is None:
-            return None
-        from pollcat.globus import GlobusGrants
-
-        grants = self._globus.get(plan.target.url)
-        if grants is None:
-            grants = self._globus[plan.target.url] = GlobusGrants(settings)
-        grant = grants.grant(plan.download_dir, d.user_name, email=d.email, download_id=d.id)
-        record = {"download_id": d.id, "hook": "globus", "kind": "grant-globus-acl",
-                  **grant.record()}
-        self.state.update(d.id, grants=lambda r: r.grants if any(
-            g.get("rule_id") == grant.rule_id for g in r.grants) else [*r.grants, record])
-        return grant.link
-
-    def _record_grant(self, download_id: int, action: dict) -> None:
-        self.state.update(download_id, grants=lambda r: [*r.grants, action])
-
-    def cleanup(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> int:
-        """Retention: remove deliveries older than their target's `retention_days` and revoke
-        the grants recorded for them. Only what pollcat delivered (its manifest, unchanged
-        files) is removed; exit code 1 when something was refused."""
-        status = 0
-        for transport, target in self.cfg.routes.items():
-            policy = target.access_policy
-            if policy is None or policy.retention_days == 0:
-                continue
-            records = [{"download_id": r.download_id, "path": r.path,
-                        "delivered_at": r.delivered_at, "grants": r.grants}
-                       for r in self.state.records()
-                       if r.transport == transport and r.delivered_at and r.path]
-            root = urlparse(target.url).path.rstrip("/") or "/"
-            out(f"{transport}: {len(records)} delivery(ies) on record under {root}")
-            status |= cleanup_command(
-                records, root=root, policy=policy, dry_run=dry_run, out=out,
-                record=lambda r: self._record_removal(r))
-        return status
-
-    def verify(self, out: Callable[[str], None] = print) -> int:
-        """Re-read every delivered download's files on its target against its manifest (size
-        and CRC32): a COMPLETE download whose files went missing or changed is reported (exit
-        code 1), never silently trusted. Changes nothing."""
-        bad = 0
-        for rec in self.state.records():
-            target = self.cfg.routes.get(rec.transport)
-            if rec.verdict not in (Verdict.DELIVERED, Verdict.COMPLETED) or target is None \
-                    or rec.removed:
-                continue
-            check = verify_download(target, rec.path)
-            out(f"download {rec.download_id}: {'ok' if check.ok else 'PROBLEM'}: "
-                f"{check.summary()}")
-            if not check.ok:
-                bad += 1
-                log.error("download %s: delivered files do not match the manifest: %s",
-                          rec.download_id, check.summary())
-        out(f"summary: {bad} download(s) with problems")
-        return 1 if bad else 0
-
-    def _record_removal(self, result: dict) -> None:
-        self.state.update(int(result["download_id"]), removed=lambda r: [*r.removed, result])
 
     def _complete(self, d: Download, plan: DeliveryPlan, link: str | None = None) -> None:
         if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit
@@ -588,16 +501,18 @@ class Pipeline:
                 self.state.update(o.download_id, outcome=str(o.outcome),
                                   outcome_since=now_iso())
 
+    # ================================================================ maintenance
+    def cleanup(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> int:
+        """Retention (`pollcat cleanup`): see `pollcat.maintenance.cleanup`."""
+        return maintenance.cleanup(self.cfg, self.state, self._globus, dry_run=dry_run, out=out)
+
+    def verify(self, out: Callable[[str], None] = print) -> int:
+        """The verifying pass (`pollcat verify`): see `pollcat.maintenance.verify`."""
+        return maintenance.verify(self.cfg, self.state, out=out)
+
     def status_rows(self, limit: int = 1000) -> list[dict]:
         """Every download pollcat knows, newest first: what it is doing and why."""
-        rows = []
-        for rec in sorted(self.state.records(), key=lambda r: -r.download_id)[:limit]:
-            rows.append({
-                "download_id": rec.download_id, "transport": rec.transport,
-                "state": str(rec.verdict or rec.outcome or "seen"),
-                "since": rec.outcome_since or rec.first_seen, "first_seen": rec.first_seen,
-                "files": rec.files, "reason": redact(rec.reason or rec.last_error)})
-        return rows
+        return maintenance.status_rows(self.state, limit)
 
     def run_one(self, d: Download, budget_s: float | None = None,
                 submit: Submit | None = None) -> Outcome:

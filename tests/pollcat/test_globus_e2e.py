@@ -46,3 +46,42 @@ def test_delivery_grants_the_user_a_globus_read_rule(make_sim, tmp_path):
         pipe.run_one(pipe.download_by_id(1))
         assert len([r for r in rules(globus).values() if r["path"] == "/alice/alice_run42/"
                     ]) == 1
+
+
+def test_retention_removes_the_data_and_the_rule_and_reconciles_orphans(make_sim, tmp_path):
+    """The cleanup flow's work on a Globus target: the delivery past retention is removed, its
+    rule revoked (a rule Globus already dropped counts as revoked), and a rule of pollcat's on
+    a folder no delivery owns any more is removed as an orphan; others' rules are kept."""
+    import datetime as dt
+
+    with running_globus(SPEC) as globus:
+        sim = make_sim(scenario(downloads=[ALICE]))
+        wait_status(sim.url, "RESTORING")
+        settings = {"client_id": CLIENT_ID, "client_secret": SECRET,
+                    "collection_id": COLLECTION, "username_template": "{user}@idp.example.org",
+                    "auth_url": globus.auth_url, "transfer_url": globus.transfer_url}
+        access = {"accounts": "none", "acl_user": False, "default_acl": False,
+                  "retention_days": 15}
+        pipe = pipeline_for(sim, tmp_path, globus=settings, access=access)
+        (out,) = pipe.sweep()
+        assert out.outcome == OutcomeKind.COMPLETED, out
+        mine = {rid for rid, r in rules(globus).items() if r["path"] == "/alice/alice_run42/"}
+        assert len(mine) == 1
+        # an orphan: pollcat's kind of rule on a folder no delivery owns, old enough to judge
+        grants = pipe._globus.client(pipe.cfg.routes["globus"])
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+        orphan = grants.grant("bob/gone_download", "simple/alice", now=old)
+        globus.state.collections[COLLECTION].rules[orphan.rule_id]["create_time"] = \
+            old.isoformat()
+
+        lines: list[str] = []
+        assert pipe.cleanup(out=lines.append) == 0  # nothing is old enough yet
+        assert delivered_files(tmp_path / "target/globus") and mine <= set(rules(globus))
+        assert orphan.rule_id not in rules(globus)  # the orphan went
+
+        StateStore(tmp_path / "state", "LILS").update(1, delivered_at="2000-01-01T00:00:00Z")
+        assert pipe.cleanup(out=lines.append) == 0
+        assert not delivered_files(tmp_path / "target/globus")
+        assert not mine & set(rules(globus))  # its rule revoked with the data
+        ledger = StateStore(tmp_path / "state", "LILS").get(1)
+        assert all(g.get("revoked") for g in ledger.grants if g["hook"] == "globus")
