@@ -1,1 +1,1 @@
-"""Deployment helpers: register block types, and a bootstrap for a fresh Prefect server."""
+"""Putting pollcat on a Prefect server: `python -m deployments.bootstrap` (see its docstring)."""
