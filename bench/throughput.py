@@ -41,10 +41,10 @@ def _pollcat_once(url: str, work: Path, size: int, checksum: str, n: int):
 
     target = work / f"target{n}"
     cfg = PipelineConfig(
-        facility=FacilityConfig(name="BENCH", icat_url=url, ids_url=url, topcat_url=url,
-                                username="pollcat", password="pollpass", timeout_s=120),
+        facility=FacilityConfig(facility_name="BENCH", icat_url=url, ids_url=url, topcat_url=url,
+                                username="pollcat", password="pollpass", timeout_seconds=120),
         routes={"globus": TargetConfig(url=f"file://{target}")},
-        state_dir=work / f"state{n}", poll_budget_s=30)
+        state_dir=work / f"state{n}", poll_budget_seconds=30)
     pipe = Pipeline(cfg)
     t0 = time.monotonic()
     (out,) = pipe.sweep()

@@ -1,6 +1,7 @@
-"""Prefect blocks: the only configuration a facility writes (a facility and its targets)."""
+"""The design card's `blocks/` folder: the block classes live in `pollcat.blocks` (registered
+through the `prefect.collections` entry point, so `prefect block register -m pollcat.blocks`
+works from anywhere)."""
 
-from blocks.facility import PollcatFacility
-from blocks.targets import DeliveryTarget
+from pollcat.blocks import DeliveryTarget, PollcatFacility
 
-__all__ = ["PollcatFacility", "DeliveryTarget"]
+__all__ = ["DeliveryTarget", "PollcatFacility"]

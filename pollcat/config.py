@@ -1,21 +1,32 @@
-"""Plain configuration objects: what the Prefect blocks and the CLI both produce.
+"""Every setting of pollcat, declared once.
 
-Keeping these free of Prefect means the whole pipeline runs (and is tested) without a Prefect
-server, and the CLI (`pollcat sweep`) takes exactly the same code path as the flows.
+These pydantic models are the configuration. The Prefect blocks *are* these models (they inherit
+them, so a block field is a config field with the same name, default and description), and the
+CLI's flags are generated from the same fields (`--poll-budget-seconds` is `poll_budget_seconds`).
+Nothing here imports Prefect, so the whole pipeline runs (and is tested) without a server.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pollcat.errors import ConfigurationError
-from pollcat.layout import DEFAULT_LAYOUT, download_template
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-SOURCES = ("direct", "prepared-zip", "storage")
+from pollcat.access.policy import AccessPolicy
+from pollcat.errors import ConfigurationError
+from pollcat.layout import DEFAULT_LAYOUT, USER_RULES, download_template
+
+
+class SourceKind(StrEnum):
+    """Where a delivery's bytes come from."""
+
+    DIRECT = "direct"  # getData per datafile with the functional account's session
+    PREPARED_ZIP = "prepared-zip"  # the IDS's zip of the preparedId, unpacked while streaming
+    STORAGE = "storage"  # read (or hard-link) the IDS main storage directly
 
 
 def _check_base_url(name: str, url: str) -> str:
@@ -25,84 +36,171 @@ def _check_base_url(name: str, url: str) -> str:
     return url.rstrip("/")
 
 
-@dataclass(frozen=True)
-class FacilityConfig:
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("POLLCAT_STATE_DIR", Path.home() / ".pollcat" / "state"))
+
+
+class FacilityConfig(BaseModel):
     """One facility: its three services and the functional account pollcat acts as."""
 
-    name: str
-    icat_url: str
-    ids_url: str
-    topcat_url: str
-    username: str
-    password: str = field(repr=False)
-    auth: str = "simple"
-    ids_urls: dict[str, str] = field(default_factory=dict)  # transport -> IDS base URL
-    verify: bool | str = True
-    timeout_s: float = 60.0
+    facility_name: str = Field(description="TopCAT's facility name, e.g. LILS.")
+    icat_url: str = Field(description="ICAT base URL, without /icat.")
+    ids_url: str = Field(description="IDS base URL, without /ids.")
+    topcat_url: str = Field(description="TopCAT base URL, without /topcat.")
+    ids_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-transport IDS base URLs (TopCAT's facility.F.downloadType.<t>).")
+    authenticator: str = Field(default="simple", description="ICAT authenticator mnemonic.")
+    username: str = Field(description="Functional account user name (without mnemonic).")
+    password: SecretStr = Field(description="Functional account password.")
+    verify_tls: bool = Field(default=True, description="Verify TLS certificates.")
+    ca_bundle: str | None = Field(default=None, description="CA bundle path for TLS.")
+    timeout_seconds: float = Field(default=60.0, gt=0,
+                                   description="Per-request timeout, in seconds.")
 
-    def __post_init__(self) -> None:
-        if not self.name:
+    @model_validator(mode="after")
+    def _urls(self) -> FacilityConfig:
+        if not self.facility_name:
             raise ConfigurationError("the facility needs a name")
         for attr in ("icat_url", "ids_url", "topcat_url"):
             object.__setattr__(self, attr, _check_base_url(attr, getattr(self, attr)))
         object.__setattr__(self, "ids_urls", {
             t: _check_base_url(f"ids_urls[{t}]", u) for t, u in self.ids_urls.items()})
+        return self
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What requests/urllib take: False, True or a CA bundle path."""
+        return self.ca_bundle if (self.verify_tls and self.ca_bundle) else self.verify_tls
 
     def ids_url_for(self, transport: str) -> str:
         """TopCAT's `facility.F.downloadType.<transport>`, falling back to the main IDS."""
         return self.ids_urls.get(transport, self.ids_url)
 
 
-@dataclass(frozen=True)
-class TargetConfig:
+class TargetConfig(BaseModel):
     """Where one transport's downloads go, and how the bytes get there."""
 
-    url: str
-    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
-    layout: str = DEFAULT_LAYOUT
-    concurrency: int = 4
-    user_rule: str = "strip-prefix"
-    user_map: dict[str, str] = field(default_factory=dict)
-    source: str = "direct"
-    storage_url: str | None = None  # the IDS main storage as an fsspec URL (source=storage)
-    storage_options_source: dict[str, Any] = field(default_factory=dict, repr=False)
-    hardlink: bool = True
-    custom_value: str | None = None  # e.g. "Your data is in {path}"
+    url: str = Field(description="fsspec URL of the target root, e.g. sftp://host/scratch.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, repr=False,
+        description="fsspec options for the target (credentials are stored masked).")
+    layout: str = Field(default=DEFAULT_LAYOUT, description="Path template under the root.")
+    concurrency: int = Field(default=4, ge=1, le=256,
+                             description="Files in parallel within one download.")
+    user_rule: str = Field(default="strip-prefix",
+                           description=f"ICAT user to account name rule: {', '.join(USER_RULES)}.")
+    user_map: dict[str, str] = Field(default_factory=dict,
+                                     description="Explicit ICAT user to account names.")
+    source: SourceKind = Field(default=SourceKind.DIRECT,
+                               description="Where the bytes come from.")
+    storage_url: str | None = Field(
+        default=None, description="The IDS main storage as fsspec URL (source=storage).")
+    storage_source_options: dict[str, Any] = Field(
+        default_factory=dict, repr=False,
+        description="fsspec options for the IDS main storage (stored masked).")
+    hardlink: bool = Field(default=True,
+                           description="Hard-link from main storage when on the same filesystem.")
+    custom_value: str | None = Field(
+        default=None, description="TopCAT customValue template, e.g. 'Your data: {path}'.")
+    access: dict[str, Any] | None = Field(
+        default=None,
+        description="Accounts, permissions and retention of delivered data (docs/access.md), "
+                    "e.g. {\"accounts\": \"existing\", \"retention_days\": 15}; unset: files "
+                    "stay as the service account writes them.")
 
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ConfigurationError(f"source must be one of {SOURCES}, got {self.source!r}")
-        if self.source == "storage" and not self.storage_url:
+    globus: dict[str, Any] | None = Field(
+        default=None, repr=False,
+        description="A Globus guest collection whose root is this target's root: each delivery "
+                    "gets a read rule for the user's identity (docs/globus-s3.md); the client "
+                    "secret is stored masked.")
+
+    @property
+    def globus_settings(self) -> Any:
+        """`pollcat.globus.GlobusSettings`, or None (globus-sdk is an optional extra)."""
+        if self.globus is None:
+            return None
+        try:
+            from pollcat.globus import GlobusSettings
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ConfigurationError(f"a Globus target needs globus-sdk: pip install "
+                                     f"'pollcat[globus]' ({exc})") from None
+        try:
+            return GlobusSettings(**self.globus)
+        except TypeError as exc:
+            raise ConfigurationError(f"Globus settings of {self.url}: {exc}") from None
+
+    @property
+    def access_policy(self) -> AccessPolicy | None:
+        return AccessPolicy.from_mapping(self.access) if self.access is not None else None
+
+    @field_validator("user_rule")
+    @classmethod
+    def _rule(cls, value: str) -> str:
+        if value not in USER_RULES:
+            raise ConfigurationError(f"unknown user rule {value!r}; known: "
+                                     f"{', '.join(USER_RULES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetConfig:
+        if self.source == SourceKind.STORAGE and not self.storage_url:
             raise ConfigurationError("source=storage needs storage_url (the IDS main storage)")
-        if not 1 <= self.concurrency <= 256:
-            raise ConfigurationError(f"concurrency must be 1..256, got {self.concurrency}")
+        self.globus_settings  # noqa: B018 - validated now, not at delivery
+        if self.access is not None:
+            self.access_policy  # noqa: B018 - validates the policy now, not at delivery
+            if urlparse(self.url).scheme not in ("", "file", "local"):
+                raise ConfigurationError(
+                    f"{self.url}: access policies are applied on local (or locally mounted) "
+                    "targets; for SFTP use the forced-command helper (deploy/sftp-helper)")
         prefix = download_template(self.layout)
         if "{download}" not in prefix and "{download_id}" not in prefix:
             raise ConfigurationError(
                 "the layout must start with directories that name the download ({download} "
                 "or {download_id}) before any per-file field: each download needs its own "
                 "directory for its manifest")
+        return self
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+class SweepSettings(BaseModel):
+    """How a sweep behaves: deadlines, attempts, parallelism, pollcat's own state."""
+
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="pollcat's ledger and locks (default $POLLCAT_STATE_DIR or "
+                    "~/.pollcat/state).")
+    page_size: int = Field(default=100, ge=1, description="TopCAT downloads fetched per page.")
+    poll_budget_seconds: float = Field(
+        default=60.0, ge=0,
+        description="One deadline per sweep: how long it keeps checking pending restores.")
+    max_prepare_attempts: int = Field(
+        default=5, ge=1, description="Preparations (or failed restores) before giving up.")
+    transient_deadline_hours: float = Field(
+        default=72.0, gt=0,
+        description="Transient failures older than this expire a download.")
+    deliver_completed: bool = Field(
+        default=True, description="Single-level IDS: deliver COMPLETE downloads too.")
+    max_parallel_downloads: int = Field(default=4, ge=1, le=64,
+                                        description="Downloads delivered at once per worker.")
+    check_concurrency: int = Field(default=8, ge=1, le=64,
+                                   description="isPrepared checks in flight at once.")
+    max_identical_mismatches: int = Field(
+        default=3, ge=1,
+        description="The same size/CRC32 mismatch this many times is a permanent failure.")
+
+
+class PipelineConfig(SweepSettings):
     """Everything one sweep needs."""
 
     facility: FacilityConfig
     routes: dict[str, TargetConfig]
-    state_dir: Path = field(default_factory=lambda: Path(
-        os.environ.get("POLLCAT_STATE_DIR", Path.home() / ".pollcat" / "state")))
-    page_size: int = 100
-    poll_budget_s: float = 60.0
-    max_prepare_attempts: int = 5
-    transient_deadline_h: float = 72.0
-    deliver_completed: bool = True  # single-level IDS: deliver COMPLETE downloads too
-    max_parallel_downloads: int = 4
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _routes(self) -> PipelineConfig:
         if not self.routes:
             raise ConfigurationError("route at least one transport to a target")
         for transport in self.routes:
             if transport in ("http", "https"):
                 raise ConfigurationError(
                     f"transport {transport!r} is completed by TopCAT itself; do not route it")
+        return self

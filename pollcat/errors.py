@@ -1,9 +1,13 @@
-"""What can go wrong, in two families that decide what happens next.
+"""What can go wrong, in two families that decide what happens to a download, and the errors
+that are not about a download at all.
 
-`TransientError`s are retried (network, 5xx, 503, timeouts) until a deadline; `PermanentError`s
-are not: the download is set EXPIRED with the reason. Every error carries the download id and the
-datafile it concerns, when known, and the service's own message, so an operator can act on one
-log line.
+`TransientError`s are retried (network, 5xx, timeouts) until a deadline; `PermanentError`s are
+not: the download is set EXPIRED with the reason. `ConfigurationError` is neither: it is pollcat's
+own setup that is wrong (a password, a missing admin right), so it stops the sweep and touches no
+download. `NotReady` is not an error of anything: the data is still being restored. Every error
+carries the download id and the datafile it concerns, when known, and the service's own message,
+so an operator can act on one log line. The full table of what is retried where is in
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -54,8 +58,14 @@ class PermanentError(PollcatError):
     """Retrying will not help: no access, deleted data, a refused name, a refusing target."""
 
 
-class ConfigurationError(PermanentError):
-    """The blocks or command line are wrong (unknown transport, bad URL, missing password)."""
+class ConfigurationError(PollcatError):
+    """pollcat's own setup is wrong (a bad block, a wrong password, a missing admin right).
+
+    Not a verdict on any download: the sweep stops with this error and a failed run."""
+
+
+class AccountRefused(ConfigurationError):
+    """A service refused the functional account itself (not one user's data)."""
 
 
 class ServiceError(PollcatError):
@@ -74,8 +84,11 @@ class SessionError(TransientServiceError):
     """The ICAT session is unknown or expired: log in again and retry."""
 
 
-class NotReady(TransientError):
-    """The IDS has not finished restoring the data yet (not a failure)."""
+class NotReady(PollcatError):
+    """The IDS has not got the data online (503 DataNotOnline): an outcome, not a failure.
+
+    Deliberately outside `TransientError`, so nothing treats it as a broken connection to reopen
+    at once: the download waits for a later check."""
 
 
 class PreparedIdUnknown(PermanentServiceError):
@@ -114,8 +127,9 @@ class TargetError(PermanentError):
     """The target refused a write (permissions, read-only, full)."""
 
 
-class DeliveryLocked(TransientError):
-    """Another worker is delivering this download right now."""
+class TargetUnavailable(TransientError):
+    """The target cannot take data now (full, over quota, read-only): a condition of the
+    target, not a verdict on the download. Downloads routed there are held, never expired."""
 
 
 class TruncatedStream(TransientError):

@@ -11,17 +11,19 @@ from pollcat.topcat import TopcatAdmin
 class FacilityClients:
     def __init__(self, cfg: FacilityConfig):
         self.cfg = cfg
-        self.icat = IcatSession(cfg.icat_url, auth=cfg.auth, username=cfg.username,
-                                password=cfg.password, timeout=cfg.timeout_s, verify=cfg.verify)
-        self.topcat = TopcatAdmin(cfg.topcat_url, cfg.name, self.icat, timeout=cfg.timeout_s,
-                                  verify=cfg.verify)
+        self.icat = IcatSession(cfg.icat_url, auth=cfg.authenticator, username=cfg.username,
+                                password=cfg.password.get_secret_value(),
+                                timeout=cfg.timeout_seconds, verify=cfg.tls_verify)
+        self.topcat = TopcatAdmin(cfg.topcat_url, cfg.facility_name, self.icat,
+                                  timeout=cfg.timeout_seconds, verify=cfg.tls_verify)
         self._ids: dict[str, IdsGateway] = {}
 
     def ids_for(self, transport: str) -> IdsGateway:
         """The IDS TopCAT prepared this transport's downloads on (a preparedId is per IDS)."""
         url = self.cfg.ids_url_for(transport)
         if url not in self._ids:
-            self._ids[url] = IdsGateway(url, timeout=self.cfg.timeout_s, verify=self.cfg.verify)
+            self._ids[url] = IdsGateway(url, timeout=self.cfg.timeout_seconds,
+                                        verify=self.cfg.tls_verify)
         return self._ids[url]
 
     def close(self) -> None:

@@ -160,6 +160,11 @@ class IdsGateway:
     def is_two_level(self) -> bool:
         return bool(_call(lambda: self._base().isTwoLevel()))
 
+    def service_status(self, session_id: str) -> dict:
+        """Needs an account in the IDS's `rootUserNames` (403 otherwise): `pollcat check`
+        uses it only to tell the facility which privileges it granted."""
+        return _call(lambda: self._with_session(session_id).getServiceStatus())
+
     def is_prepared(self, prepared_id: str) -> bool:
         return bool(_call(lambda: self._base().isPrepared(prepared_id)))
 

@@ -1,51 +1,80 @@
-"""The delivery pipeline as plain functions: discover → prepare → poll → transfer → verify →
-hooks → complete → report.
+"""The per-download state machine: discover → check (prepare, isPrepared) → deliver (transfer,
+verify, hooks, COMPLETE) → verdict. One orchestrator for the CLI, the flows and every worker.
 
-Prefect flows (`flows/`) and the CLI (`pollcat sweep`) both call these, so every step is testable
-without Prefect. Each step is idempotent: the ledger, the target's manifest and TopCAT's status
-say what is done, and a re-run after a crash continues without duplicating files or e-mails.
+`Pipeline.sweep` is the only loop: it checks every pending download once, hands the ready ones to
+a delivery executor (a thread pool here, a Prefect task runner in the flows), and keeps checking
+the rest, with backoff, until **one deadline for the whole sweep** (`poll_budget_seconds`). Nothing
+here imports Prefect, so the whole machine runs and is tested without a server.
+
+What a failure does to a download is decided in one place, `Pipeline.fail` (table in
+docs/architecture.md): transient errors are retried by later sweeps until the transient deadline,
+permanent ones expire the download, a target condition holds it, configuration errors stop the
+sweep and touch nothing.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlparse
 
-from fsspec.core import url_to_fs
-
-from pollcat import catalog
-from pollcat.config import PipelineConfig, TargetConfig
+from pollcat import logsafe
+from pollcat.access import AccessContext, PosixAccessHook, grant_access
+from pollcat.access.retention import cleanup_command
+from pollcat.config import PipelineConfig
+from pollcat.delivery import DeliveryPlan, plan_delivery, transfer_unless_delivered
 from pollcat.errors import (
-    DeliveryLocked,
+    AccountRefused,
+    ConfigurationError,
     NotReady,
     PermanentError,
+    PermanentServiceError,
     PollcatError,
     PreparedIdUnknown,
     RestoreFailed,
+    SessionError,
+    TargetUnavailable,
     TransientError,
-    UnsafePathError,
+    VerificationError,
 )
 from pollcat.facility import FacilityClients
-from pollcat.layout import download_template, join_under, map_user, render_path
-from pollcat.manifest import manifest_files, read_manifest, write_manifest
-from pollcat.sources import TransferContext, make_source
-from pollcat.state import StateStore
+from pollcat.layout import map_user
+from pollcat.state import LedgerRecord, StateStore, fingerprint, now_iso
+from pollcat.states import DownloadStatus, OutcomeKind, Verdict
 from pollcat.topcat import Download
-from pollcat.transfer import FileJob, FileResult, is_local, make_dirs, target_errors
+from pollcat.transfer import FileResult
 
 log = logging.getLogger("pollcat.pipeline")
 
-CLAIM_NAME = ".pollcat-claim"
+#: ICAT session ids and preparedIds are lower-case UUIDs (IDS `validateUUID`); a reason may quote
+#: one from a service's message ("The preparedId ... is not known").
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
+
+
+def redact(text: str) -> str:
+    """What may go into a reason, the ledger or a report: no password, session id or
+    preparedId, whoever's message quoted it."""
+    return _UUID.sub("<id>", logsafe.redact(text))
+
+#: How many times one delivery is started again in the same sweep after the IDS or TopCAT
+#: refused the functional account's session (the session expired mid-transfer): part files
+#: make the restart cheap.
+SESSION_RESTARTS = 1
 
 
 @dataclass
 class Prepared:
+    """A preparedId the IDS knows, and whether its data was online at the last check."""
+
     prepared_id: str
     ready: bool = False
 
@@ -57,7 +86,7 @@ class Outcome:
     download_id: int
     user: str = ""
     transport: str = ""
-    outcome: str = ""  # completed | waiting | retry | expired | skipped | locked
+    outcome: OutcomeKind = OutcomeKind.SKIPPED
     reason: str = ""
     files: int = 0
     bytes: int = 0
@@ -71,23 +100,20 @@ class Outcome:
 
     def row(self) -> dict:
         d = asdict(self)
+        d["outcome"] = str(self.outcome)
         d["MB/s"] = round(self.mb_per_s, 1)
         d["seconds"] = round(self.seconds, 2)
         return d
 
 
-@dataclass
-class DeliveryPlan:
-    download: Download
-    target: TargetConfig
-    fs: object
-    root: str
-    download_dir: str
-    jobs: list[FileJob] = field(default_factory=list)
-    infos: dict = field(default_factory=dict)
+#: Delivers one ready download somewhere (a thread, a Prefect task, another worker) and gives a
+#: future of its outcome.
+Submit = Callable[[Download, str], "Future[Outcome]"]
+
+Hook = Callable[[DeliveryPlan, list[FileResult]], None]
 
 
-def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3):
+def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3) -> Iterator[float]:
     """Exponential backoff with jitter: 1, 2, 4, ... capped, each ±30 %."""
     delay = first
     while True:
@@ -97,27 +123,34 @@ def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3):
 
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, clients: FacilityClients | None = None,
-                 hooks: Sequence[Callable[[DeliveryPlan, list[FileResult]], None]] = ()):
+                 hooks: Sequence[Hook] = ()):
         self.cfg = cfg
         self.clients = clients or FacilityClients(cfg.facility)
-        self.state = StateStore(cfg.state_dir, cfg.facility.name)
+        self.state = StateStore(cfg.state_dir, cfg.facility.facility_name)
         self.hooks = list(hooks)
-        self._slots = threading.BoundedSemaphore(cfg.max_parallel_downloads)
+        self._held: dict[str, str] = {}  # target URL -> why it is held, for this sweep
+        self._globus: dict[str, Any] = {}  # target URL -> GlobusGrants (one login per target)
+        self._held_lock = threading.Lock()
+
+    @property
+    def facility_name(self) -> str:
+        return self.cfg.facility.facility_name
 
     @property
     def topcat(self):
         return self.clients.topcat
 
-    # ---------------------------------------------------------------- discover
+    # ================================================================ discover
     def discover(self) -> list[Download]:
         """RESTORING downloads of the routed transports, plus (single-level IDS) COMPLETE ones
         that pollcat has not delivered yet and that appeared after its first sweep."""
         found: dict[int, Download] = {}
         for transport in self.cfg.routes:
-            for d in self.topcat.pending(transport, "RESTORING", page_size=self.cfg.page_size):
+            for d in self.topcat.pending(transport, DownloadStatus.RESTORING,
+                                         page_size=self.cfg.page_size):
                 found[d.id] = d
             if self.cfg.deliver_completed:
-                for d in self.topcat.pending(transport, "COMPLETE",
+                for d in self.topcat.pending(transport, DownloadStatus.COMPLETE,
                                              page_size=self.cfg.page_size):
                     if self._undelivered_single_level(d):
                         found[d.id] = d
@@ -126,32 +159,43 @@ class Pipeline:
     def _undelivered_single_level(self, d: Download) -> bool:
         if d.is_two_level:
             return False  # COMPLETE two-level downloads were completed by pollcat or an admin
-        if self.state.get(d.id).get("outcome") in ("completed", "expired"):
+        if self.state.get(d.id).verdict in (Verdict.COMPLETED, Verdict.EXPIRED):
             return False
         created = d.created_at or datetime.now(UTC)
         return created >= self.state.first_run - timedelta(minutes=5)
 
-    # ---------------------------------------------------------------- prepare
-    def prepare(self, d: Download) -> Prepared:
-        """Make sure the download has a preparedId the IDS knows; kick the restore.
+    # ================================================================ check
+    def check(self, d: Download, prepared: Prepared | None = None) -> Prepared | Outcome:
+        """One readiness check: at most one `isPrepared`. The first check of a sweep also makes
+        sure the IDS knows a preparedId (preparing again when it forgot it). Returns an Outcome
+        when the download is settled or failed; raises ConfigurationError only."""
+        try:
+            if prepared is None:
+                settled = self.settled(d)
+                if settled is not None:
+                    return settled
+                self.state.seen(d.id)
+                pid = self._current_prepared_id(d) or self._reprepare(d, "TopCAT holds no "
+                                                                         "preparedId")
+            else:
+                pid = prepared.prepared_id
+            logsafe.register_secret(pid)
+            return self._is_prepared(d, pid)
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolation: one download never sinks others
+            return self.fail(d, exc)
 
-        404 (the IDS forgot the preparedId) → prepare again, through TopCAT's admin `prepare`
-        when it has one, else with the functional account; "Restore failed" → `reset` and try
-        again on a later sweep, giving up after `max_prepare_attempts`.
-        """
+    def _is_prepared(self, d: Download, pid: str) -> Prepared:
         ids = self.clients.ids_for(d.transport)
-        pid = self._current_prepared_id(d)
-        if pid is None:
-            pid = self._reprepare(d, "TopCAT holds no preparedId")
         try:
             return Prepared(pid, ready=ids.is_prepared(pid))
         except PreparedIdUnknown as exc:
-            pid = self._reprepare(d, exc.message)
-            return Prepared(pid, ready=False)
+            return Prepared(self._reprepare(d, exc.message), ready=False)
         except RestoreFailed as exc:
             rec = self.state.get(d.id)
-            failures = int(rec.get("restore_failures", 0)) + 1
-            self.state.update(d.id, restore_failures=failures, last_error=exc.message)
+            failures = rec.restore_failures + 1
+            self.state.update(d.id, restore_failures=failures, last_error=redact(exc.message))
             if failures >= self.cfg.max_prepare_attempts:
                 raise PermanentError(f"the IDS failed to restore the data {failures} times",
                                      download_id=d.id, service="IDS") from exc
@@ -161,19 +205,22 @@ class Pipeline:
             return Prepared(pid, ready=False)
 
     def _current_prepared_id(self, d: Download) -> str | None:
+        """pollcat's own preparedId while TopCAT still holds the one it replaced."""
         rec = self.state.get(d.id)
-        if rec.get("prepared_id") and rec.get("prepared_from") == d.prepared_id:
-            return rec["prepared_id"]
+        own = self.state.own_prepared_id(d.id)
+        if own and rec.prepared_from == fingerprint(d.prepared_id):
+            return own
         return d.prepared_id
 
     def _reprepare(self, d: Download, why: str) -> str:
+        logsafe.register_secret(d.prepared_id)
         rec = self.state.get(d.id)
-        attempts = int(rec.get("prepare_attempts", 0)) + 1
+        attempts = rec.prepare_attempts + 1
         if attempts > self.cfg.max_prepare_attempts:
             raise PermanentError(f"gave up after {attempts - 1} preparations ({why})",
                                  download_id=d.id)
-        self.state.update(d.id, prepare_attempts=attempts, last_error=why)
-        log.warning("download %s: preparing again (%s), attempt %d", d.id, why, attempts)
+        self.state.update(d.id, prepare_attempts=attempts, last_error=redact(why))
+        log.warning("download %s: preparing again (%s), attempt %d", d.id, redact(why), attempts)
         if self.topcat.prepare(d.id):
             fresh = self.topcat.get(d.id)
             if fresh and fresh.prepared_id and fresh.prepared_id != d.prepared_id:
@@ -183,241 +230,285 @@ class Pipeline:
         pid = self.clients.ids_for(d.transport).prepare(
             self.clients.icat.session_id(), investigation_ids=sel["investigationIds"],
             dataset_ids=sel["datasetIds"], datafile_ids=sel["datafileIds"], zip=True)
-        self.state.update(d.id, prepared_id=pid, prepared_from=d.prepared_id)
+        self.state.keep_prepared_id(d.id, pid)
+        self.state.update(d.id, prepared_from=fingerprint(d.prepared_id))
         return pid
 
-    # ---------------------------------------------------------------- poll
-    def poll(self, d: Download, prepared: Prepared, budget_s: float | None = None) -> bool:
-        """Wait (sleeping, with backoff) until the IDS has restored the data, within a budget."""
-        if prepared.ready:
-            return True
-        ids = self.clients.ids_for(d.transport)
-        budget = self.cfg.poll_budget_s if budget_s is None else budget_s
-        deadline = time.monotonic() + budget
-        for delay in backoff_delays(first=min(1.0, max(budget / 8, 0.05))):
-            if ids.is_prepared(prepared.prepared_id):
-                prepared.ready = True
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(delay, remaining))
-        return False
-
-    # ---------------------------------------------------------------- plan
-    def plan(self, d: Download, prepared_id: str) -> DeliveryPlan:
-        target = self.cfg.routes[d.transport]
-        fs, root = url_to_fs(target.url, **target.storage_options)
-        root = root.rstrip("/") or "/"
-        user = map_user(d.user_name, target.user_rule, target.user_map)
-        fields = {"user": user, "download": d.file_name, "download_id": str(d.id),
-                  "facility": self.cfg.facility.name, "transport": d.transport}
-        try:
-            download_dir = self._claim_download_dir(d, target, fs, root, fields)
-        except UnsafePathError as exc:
-            raise exc.with_context(download_id=d.id, datafile=None) from None
-        ids = self.clients.ids_for(d.transport)
-        df_ids = ids.datafile_ids(prepared_id)
-        infos = catalog.datafiles(self.clients.icat, df_ids, download_id=d.id)
-        plan = DeliveryPlan(d, target, fs, root, download_dir,
-                            infos={i.id: i for i in infos})
-        seen: dict[str, str] = {}
-        for info in infos:
-            f = dict(fields, investigation=info.investigation, visit=info.visit,
-                     dataset=info.dataset, datafile=info.name)
-            try:
-                rel = render_path(target.layout, f)
-            except UnsafePathError as exc:
-                raise exc.with_context(download_id=d.id, datafile=info.name) from None
-            if rel in seen:
-                raise UnsafePathError(
-                    f"datafiles {seen[rel]!r} and {info.name!r} both map to {rel!r}; add "
-                    "{dataset} or {investigation} to the layout", download_id=d.id,
-                    datafile=info.name)
-            seen[rel] = info.name
-            plan.jobs.append(FileJob(datafile_id=info.id, name=info.name, rel_path=rel,
-                                     size=info.size, checksum=info.checksum, open=None))
-        return plan
-
-    def _claim_download_dir(self, d: Download, target: TargetConfig, fs, root: str,
-                            fields: dict) -> str:
-        """The download's own directory; a second download with the same fileName by the same
-        user gets `<fileName>_<id>` instead of mixing files (deterministically, on every run)."""
-        prefix = download_template(target.layout)  # TargetConfig ensures it names the download
-        me = f"{self.cfg.facility.name} {d.id}"
-        local = is_local(fs)
-        rel = render_path(prefix, fields)
-        claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
-        with target_errors(claim):  # the first write to the target: a refusal expires it
-            owner = _read_text(fs, claim)
-            if owner is not None and owner != me:
-                fields["download"] = f"{d.file_name}_{d.id}"
-                rel = render_path(prefix, fields)
-                claim = join_under(root, rel + "/" + CLAIM_NAME, local=local)
-            if _read_text(fs, claim) is None:
-                make_dirs(fs, join_under(root, rel, local=local))
-                with fs.open(claim, "wb") as fh:
-                    fh.write(me.encode())
-        return rel
-
-    # ---------------------------------------------------------------- deliver
+    # ================================================================ deliver
     def deliver(self, d: Download, prepared_id: str,
                 on_progress: Callable[[int, int], None] | None = None) -> Outcome:
-        """Transfer, verify, hooks, complete — under the download's lock."""
-        with self._slots, self.state.lock(d.id):
-            t0 = time.monotonic()
-            fresh = self.topcat.get(d.id)
-            if fresh is None or fresh.is_deleted or fresh.status not in ("RESTORING", "COMPLETE"):
-                why = "deleted" if fresh is None or fresh.is_deleted else \
-                    f"status is now {fresh.status}"
-                return self._outcome(d, "skipped", why)
-            if fresh.status == "COMPLETE" and self.state.get(d.id).get("outcome") == "completed":
-                return self._outcome(d, "skipped", "already completed")
-            plan = self.plan(fresh, prepared_id)
-            total = sum(j.size for j in plan.jobs)
-            results = self._transfer_unless_delivered(plan, prepared_id, total, on_progress)
-            for hook in self.hooks:
-                hook(plan, results)
-            self.state.update(d.id, outcome="delivered", path=plan.download_dir,
-                              files=len(plan.jobs), bytes=total)
-            self._complete(fresh, plan)
-            out = self._outcome(d, "completed", "")
-            out.files = len(plan.jobs)
-            out.bytes = sum(r.fetched for r in results)
-            out.skipped_files = sum(1 for r in results if r.skipped)
-            out.path = self._display_path(plan)
-            out.seconds = time.monotonic() - t0
-            return out
+        """Transfer, verify, hooks, COMPLETE under the download's lock. Never raises for the
+        download's own faults (they become its outcome); raises ConfigurationError."""
+        held = self._held_reason(d)
+        if held:
+            return self._outcome(d, OutcomeKind.HELD, held)
+        with self.state.lock(d.id) as mine:
+            if not mine:
+                return self._outcome(d, OutcomeKind.LOCKED, "another worker is delivering it")
+            for restart in range(SESSION_RESTARTS + 1):
+                try:
+                    return self._deliver_locked(d, prepared_id, on_progress)
+                except (SessionError, PermanentServiceError) as exc:
+                    if not _refused_session(exc):
+                        return self.fail(d, exc)
+                    if restart == SESSION_RESTARTS:
+                        raise AccountRefused(
+                            f"{exc.service} refused the functional account "
+                            f"{self.clients.icat.user_name or ''} even after logging in again: "
+                            f"{redact(exc.message)}", service=exc.service, status=exc.status,
+                            code=exc.code) from None
+                    log.warning("download %s: %s refused the session; logging in again and "
+                                "continuing", d.id, exc.service)
+                    self.clients.icat.invalidate()
+                except ConfigurationError:
+                    raise
+                except NotReady as exc:
+                    return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
+                except Exception as exc:  # noqa: BLE001 - isolation
+                    return self.fail(d, exc)
+        raise AssertionError("unreachable")
 
-    def _transfer_unless_delivered(self, plan: DeliveryPlan, prepared_id: str, total: int,
-                                   on_progress) -> list[FileResult]:
-        d = plan.download
-        mdir = join_under(plan.root, plan.download_dir)
-        manifest = read_manifest(plan.fs, mdir)
-        if manifest is not None and manifest.download_id == d.id and manifest.covers(plan.jobs):
-            log.info("download %s: manifest present, already delivered", d.id)
-            return [FileResult(datafile_id=j.datafile_id, rel_path=j.rel_path, bytes=j.size,
-                               seconds=0.0, crc32=int(j.checksum or "0", 16), skipped=True)
-                    for j in plan.jobs]
-        done = [0]
+    def _deliver_locked(self, d: Download, prepared_id: str,
+                        on_progress: Callable[[int, int], None] | None) -> Outcome:
+        t0 = time.monotonic()
+        fresh = self.topcat.get(d.id)
+        if fresh is None or fresh.is_deleted or fresh.status not in (
+                DownloadStatus.RESTORING, DownloadStatus.COMPLETE):
+            why = "deleted" if fresh is None or fresh.is_deleted else \
+                f"status is now {fresh.status}"
+            return self._outcome(d, OutcomeKind.SKIPPED, why)
+        if fresh.status == DownloadStatus.COMPLETE and \
+                self.state.get(d.id).verdict == Verdict.COMPLETED:
+            return self._outcome(d, OutcomeKind.SKIPPED, "already completed")
+        plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.facility_name,
+                             self.clients, prepared_id)
+        total = sum(j.size for j in plan.jobs)
+        results = transfer_unless_delivered(plan, prepared_id, self.clients,
+                                            self.facility_name, total, on_progress)
+        for hook in self.hooks:
+            hook(plan, results)
+        self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
+        link = self._grant_globus(fresh, plan)
+        self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
+                          transport=fresh.transport, files=len(plan.jobs), bytes=total,
+                          mismatch_count=0, mismatch_signature="",
+                          delivered_at=self.state.get(d.id).delivered_at or now_iso())
+        self._complete(fresh, plan, link)
+        out = self._outcome(d, OutcomeKind.COMPLETED, "")
+        out.files = len(plan.jobs)
+        out.bytes = sum(r.fetched for r in results)
+        out.skipped_files = sum(1 for r in results if r.skipped)
+        out.path = self._display_path(plan)
+        out.seconds = time.monotonic() - t0
+        return out
 
-        def progress(n: int) -> None:
-            done[0] += n
-            if on_progress:
-                on_progress(done[0], total)
-
-        target = plan.target
-        source = make_source(target.source, storage_url=target.storage_url,
-                             storage_options=target.storage_options_source,
-                             hardlink=target.hardlink)
-        ctx = TransferContext(download_id=d.id, prepared_id=prepared_id,
-                              ids=self.clients.ids_for(d.transport),
-                              session_id=self.clients.icat.session_id, fs=plan.fs,
-                              root=plan.root, concurrency=target.concurrency,
-                              on_progress=progress)
-        results = source.transfer(ctx, plan.jobs, plan.infos)
-        _raise_first_failure(d.id, plan.jobs, results)
-        ok = [r for r in results if isinstance(r, FileResult)]
-        write_manifest(plan.fs, mdir, facility=self.cfg.facility.name, download_id=d.id,
-                       file_name=d.file_name, user=d.user_name, transport=d.transport,
-                       files=manifest_files(plan.jobs, plan.download_dir, ok),
-                       rel_dir=plan.download_dir)
-        return ok
-
-    def _complete(self, d: Download, plan: DeliveryPlan) -> None:
-        if d.status == "COMPLETE":  # single-level: TopCAT completed it at submit time
-            self.state.update(d.id, outcome="completed")
+    def _grant_access(self, d: Download, plan: DeliveryPlan) -> None:
+        """The target's access policy: the user (and only the user, or a configured group)
+        can read the delivery. Every applied action goes into the ledger, so retention can
+        revoke it; a rerun plans nothing and records nothing."""
+        policy = plan.target.access_policy
+        if policy is None:
             return
-        custom = None
+        ctx = AccessContext(
+            download_id=d.id, icat_user=d.user_name,
+            account=map_user(d.user_name, plan.target.user_rule, plan.target.user_map),
+            root=plan.root, download_dir=plan.download_dir,
+            files=[j.rel_path for j in plan.jobs])
+        grant_access(PosixAccessHook(policy), ctx, record=lambda action: self._record_grant(
+            d.id, action))
+
+    def _grant_globus(self, d: Download, plan: DeliveryPlan) -> str | None:
+        """Globus targets: a read rule for the user's identity on the delivery's folder
+        (idempotent: an identical rule counts), kept in the ledger; the folder's web link."""
+        settings = plan.target.globus_settings
+        if settings is None:
+            return None
+        from pollcat.globus import GlobusGrants
+
+        grants = self._globus.get(plan.target.url)
+        if grants is None:
+            grants = self._globus[plan.target.url] = GlobusGrants(settings)
+        grant = grants.grant(plan.download_dir, d.user_name, email=d.email, download_id=d.id)
+        record = {"download_id": d.id, "hook": "globus", "kind": "grant-globus-acl",
+                  **grant.record()}
+        rec = self.state.get(d.id)
+        if not any(g.get("rule_id") == grant.rule_id for g in rec.grants):
+            self.state.update(d.id, grants=[*rec.grants, record])
+        return grant.link
+
+    def _record_grant(self, download_id: int, action: dict) -> None:
+        rec = self.state.get(download_id)
+        self.state.update(download_id, grants=[*rec.grants, action])
+
+    def cleanup(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> int:
+        """Retention: remove deliveries older than their target's `retention_days` and revoke
+        the grants recorded for them. Only what pollcat delivered (its manifest, unchanged
+        files) is removed; exit code 1 when something was refused."""
+        status = 0
+        for transport, target in self.cfg.routes.items():
+            policy = target.access_policy
+            if policy is None or policy.retention_days == 0:
+                continue
+            records = [{"download_id": r.download_id, "path": r.path,
+                        "delivered_at": r.delivered_at, "grants": r.grants}
+                       for r in self.state.records()
+                       if r.transport == transport and r.delivered_at and r.path]
+            root = urlparse(target.url).path.rstrip("/") or "/"
+            out(f"{transport}: {len(records)} delivery(ies) on record under {root}")
+            status |= cleanup_command(
+                records, root=root, policy=policy, dry_run=dry_run, out=out,
+                record=lambda r: self._record_removal(r))
+        return status
+
+    def _record_removal(self, result: dict) -> None:
+        rec = self.state.get(int(result["download_id"]))
+        self.state.update(rec.download_id, removed=[*rec.removed, result])
+
+    def _complete(self, d: Download, plan: DeliveryPlan, link: str | None = None) -> None:
+        if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit
+            self.state.update(d.id, verdict=Verdict.COMPLETED)
+            return
+        custom = link  # a Globus target's folder link, unless the target says otherwise
         if plan.target.custom_value:
             custom = plan.target.custom_value.format(
                 path=self._display_path(plan), download=d.file_name, files=len(plan.jobs),
-                user=d.user_name, download_id=d.id)
-        self.topcat.set_status(d.id, "COMPLETE", custom)
-        self.state.update(d.id, outcome="completed")
+                user=d.user_name, download_id=d.id, link=link or "")
+        self.topcat.set_status(d.id, DownloadStatus.COMPLETE, custom)
+        self.state.update(d.id, verdict=Verdict.COMPLETED)
 
     def _display_path(self, plan: DeliveryPlan) -> str:
         base = plan.target.url.rstrip("/")
         return f"{base}/{plan.download_dir}"
 
-    # ---------------------------------------------------------------- failures
+    def _held_reason(self, d: Download) -> str | None:
+        target = self.cfg.routes.get(d.transport)
+        with self._held_lock:
+            return self._held.get(target.url) if target else None
+
+    def _hold_target(self, d: Download, reason: str) -> None:
+        target = self.cfg.routes.get(d.transport)
+        if target:
+            with self._held_lock:
+                self._held.setdefault(target.url, f"target held: {reason}")
+
+    # ================================================================ verdicts
     def fail(self, d: Download, exc: BaseException) -> Outcome:
-        """Record a failure; permanent ones (and transient past the deadline) expire it."""
-        if isinstance(exc, DeliveryLocked):
-            return self._outcome(d, "locked", "another worker is delivering it")
+        """The one place that decides what a failure does to a download.
+
+        ConfigurationError is not handled here: it stops the sweep before any download is
+        touched (callers let it through)."""
+        if isinstance(exc, ConfigurationError):
+            raise exc
         if isinstance(exc, NotReady):
-            return self._outcome(d, "waiting", exc.message)
+            return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
         if isinstance(exc, PollcatError):
             exc.with_context(download_id=d.id)
-        reason = str(exc) if isinstance(exc, PollcatError) else f"{type(exc).__name__}: {exc}"
+        reason = redact(str(exc) if isinstance(exc, PollcatError)
+                        else f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, TargetUnavailable):
+            self._hold_target(d, reason)
+            self.state.update(d.id, last_error=reason)
+            log.warning("download %s: held: %s", d.id, reason)
+            return self._outcome(d, OutcomeKind.HELD, reason)
         rec = self.state.seen(d.id)
-        first = datetime.fromisoformat(rec["first_seen"])
-        overdue = datetime.now(UTC) - first > timedelta(hours=self.cfg.transient_deadline_h)
-        if isinstance(exc, TransientError) and not overdue:
-            self.state.update(d.id, last_error=reason)
-            log.warning("download %s: will retry: %s", d.id, reason)
-            return self._outcome(d, "retry", reason)
-        if isinstance(exc, TransientError):
-            reason = f"still failing after {self.cfg.transient_deadline_h} h: {reason}"
-        elif not isinstance(exc, PermanentError):
-            # a bug, not a verdict on the download: keep it for the next sweep
-            self.state.update(d.id, last_error=reason)
-            log.exception("download %s: unexpected error", d.id, exc_info=exc)
-            return self._outcome(d, "retry", reason)
-        return self.expire(d, reason)
+        if isinstance(exc, VerificationError):
+            rec = self._count_mismatch(d, exc, reason)
+            if rec.mismatch_count >= self.cfg.max_identical_mismatches:
+                return self.expire(d, f"the IDS serves bytes that do not match ICAT (the same "
+                                      f"result {rec.mismatch_count} times): {reason}")
+        if isinstance(exc, PermanentError):
+            return self.expire(d, reason)
+        if not isinstance(exc, TransientError):
+            # not a known failure: keep the traceback for whoever fixes it, and let it fall under
+            # the same deadline as transient ones so that nothing is retried forever
+            log.error("download %s: unexpected error", d.id, exc_info=exc)
+        first = datetime.fromisoformat(rec.first_seen)
+        if datetime.now(UTC) - first > timedelta(hours=self.cfg.transient_deadline_hours):
+            return self.expire(d, f"still failing after {self.cfg.transient_deadline_hours:g} h: "
+                                  f"{reason}")
+        self.state.update(d.id, last_error=reason)
+        log.warning("download %s: will retry: %s", d.id, reason)
+        return self._outcome(d, OutcomeKind.RETRY, reason)
+
+    def _count_mismatch(self, d: Download, exc: VerificationError, reason: str) -> LedgerRecord:
+        rec = self.state.get(d.id)
+        signature = f"{exc.datafile}: {exc.message}"
+        count = rec.mismatch_count + 1 if rec.mismatch_signature == signature else 1
+        return self.state.update(d.id, mismatch_signature=signature, mismatch_count=count,
+                                 last_error=reason)
 
     def settled(self, d: Download) -> Outcome | None:
-        """A download pollcat already gave up on is not worked on again; TopCAT only still
-        offers it if setting EXPIRED failed, so that call is what gets retried."""
+        """A download pollcat gave up on is not worked on again, unless an admin resumed it.
+
+        TopCAT still offering a download pollcat expired means one of two things: TopCAT
+        refused EXPIRED (then that call is retried), or an admin resumed the download after
+        TopCAT had accepted EXPIRED (then it is a fresh attempt with fresh counters)."""
         rec = self.state.get(d.id)
-        if rec.get("outcome") != "expired":
+        if rec.verdict != Verdict.EXPIRED:
             return None
-        return self.expire(d, rec.get("reason") or "expired earlier by pollcat")
+        if rec.expired_in_topcat and d.status in (DownloadStatus.RESTORING,
+                                                  DownloadStatus.PREPARING):
+            log.info("download %s: resumed in TopCAT after pollcat expired it; a fresh attempt",
+                     d.id)
+            self.forget(d.id)
+            return None
+        return self.expire(d, rec.reason or "expired earlier by pollcat")
 
     def waiting(self, d: Download) -> Outcome:
-        return self._outcome(d, "waiting", "the IDS is still restoring the data")
+        return self._outcome(d, OutcomeKind.WAITING, "the IDS is still restoring the data")
 
     def forget(self, download_id: int) -> None:
-        """Clear pollcat's verdict and counters for a download (operator's force retry)."""
-        self.state.update(download_id, outcome=None, reason=None, prepare_attempts=0,
-                          restore_failures=0, first_seen=datetime.now(UTC).isoformat())
+        """Clear pollcat's verdict and counters for a download (an admin's resume, or an
+        operator's force retry)."""
+        self.state.update(download_id, verdict=None, reason="", expired_in_topcat=False,
+                          prepare_attempts=0, restore_failures=0, mismatch_count=0,
+                          mismatch_signature="", last_error="",
+                          first_seen=datetime.now(UTC).isoformat(timespec="seconds"))
 
     def expire(self, d: Download, reason: str) -> Outcome:
+        reason = redact(reason)
         log.error("download %s: expiring: %s", d.id, reason)
-        self.state.update(d.id, outcome="expired", reason=reason)
+        self.state.update(d.id, verdict=Verdict.EXPIRED, reason=reason, expired_in_topcat=False)
         try:
-            self.topcat.set_status(d.id, "EXPIRED")
+            self.topcat.set_status(d.id, DownloadStatus.EXPIRED)
+        except ConfigurationError:
+            raise
         except PollcatError as exc:
             log.error("download %s: could not set EXPIRED in TopCAT: %s", d.id, exc)
-            return self._outcome(d, "retry", f"{reason}; and TopCAT refused EXPIRED: {exc}")
-        return self._outcome(d, "expired", reason)
+            return self._outcome(d, OutcomeKind.RETRY,
+                                 f"{reason}; and TopCAT refused EXPIRED: {redact(str(exc))}")
+        self.state.update(d.id, expired_in_topcat=True)
+        return self._outcome(d, OutcomeKind.EXPIRED, reason)
 
-    def _outcome(self, d: Download, outcome: str, reason: str) -> Outcome:
+    def _outcome(self, d: Download, kind: OutcomeKind, reason: str) -> Outcome:
         return Outcome(download_id=d.id, user=d.user_name, transport=d.transport,
-                       outcome=outcome, reason=reason)
+                       outcome=kind, reason=redact(reason))
 
-    # ---------------------------------------------------------------- one / all
-    def run_one(self, d: Download, poll_budget_s: float | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> Outcome:
-        """prepare → poll → deliver for one download; never raises for the download's faults."""
-        settled = self.settled(d)
-        if settled is not None:
-            return settled
-        try:
-            prepared = self.prepare(d)
-            if not self.poll(d, prepared, poll_budget_s):
-                return self.waiting(d)
-            return self.deliver(d, prepared.prepared_id, on_progress)
-        except Exception as exc:  # noqa: BLE001 - isolation: one download never sinks others
-            return self.fail(d, exc)
-
-    def sweep(self) -> list[Outcome]:
-        """The CLI's sweep: the same steps the Prefect flow maps, on a plain thread pool."""
-        downloads = self.discover()
+    # ================================================================ the orchestrator
+    def sweep(self, downloads: Sequence[Download] | None = None, *,
+              submit: Submit | None = None, budget_s: float | None = None) -> list[Outcome]:
+        """Check every download once, deliver the ready ones as they become ready, and keep
+        checking the others until the sweep's single deadline. `submit` hands a ready download
+        to an executor (default: a local thread pool of `max_parallel_downloads`)."""
+        if downloads is None:
+            downloads = self.discover()
         if not downloads:
             return []
-        with ThreadPoolExecutor(max_workers=self.cfg.max_parallel_downloads) as pool:
-            return list(pool.map(self.run_one, downloads))
+        with self._held_lock:
+            self._held.clear()
+        budget = self.cfg.poll_budget_seconds if budget_s is None else budget_s
+        deadline = time.monotonic() + budget
+        with ThreadPoolExecutor(max_workers=self.cfg.max_parallel_downloads,
+                                thread_name_prefix="deliver") as local:
+            if submit is None:
+                def submit(d: Download, pid: str) -> Future[Outcome]:
+                    return local.submit(contextvars.copy_context().run, self.deliver, d, pid)
+            return _Sweep(self, list(downloads), submit, deadline).run()
+
+    def run_one(self, d: Download, budget_s: float | None = None,
+                submit: Submit | None = None) -> Outcome:
+        """The same machine for one download (the `deliver` flow, an operator's retry)."""
+        return self.sweep([d], submit=submit, budget_s=budget_s)[0]
 
     def download_by_id(self, download_id: int) -> Download:
         d = self.topcat.get(download_id)
@@ -429,26 +520,71 @@ class Pipeline:
         return d
 
 
-def _raise_first_failure(download_id: int, jobs: list[FileJob],
-                         results: list[FileResult | BaseException]) -> None:
-    failures = [(j, r) for j, r in zip(jobs, results, strict=True)
-                if isinstance(r, BaseException)]
-    if not failures:
-        return
-    permanent = [(j, r) for j, r in failures if isinstance(r, PermanentError)]
-    job, err = (permanent or failures)[0]
-    if isinstance(err, PollcatError):
-        err.with_context(download_id=download_id, datafile=job.name)
-        if len(failures) > 1:
-            err.message += f" (and {len(failures) - 1} more failed file(s))"
-        raise err
-    raise TransientError(f"{type(err).__name__}: {err}", download_id=download_id,
-                         datafile=job.name) from err
+class _Sweep:
+    """One sweep's bookkeeping: which downloads are pending, delivering, done."""
+
+    def __init__(self, pipeline: Pipeline, downloads: list[Download], submit: Submit,
+                 deadline: float):
+        self.p = pipeline
+        self.downloads = downloads
+        self.submit = submit
+        self.deadline = deadline
+        self.outcomes: dict[int, Outcome] = {}
+        self.pending: dict[int, tuple[Download, Prepared | None]] = {
+            d.id: (d, None) for d in downloads}
+        self.delivering: dict[int, Future[Outcome]] = {}
+        self.stop: ConfigurationError | None = None
+
+    def run(self) -> list[Outcome]:
+        delays = backoff_delays(first=min(1.0, max((self.deadline - time.monotonic()) / 8,
+                                                   0.05)))
+        workers = max(1, min(self.p.cfg.check_concurrency, len(self.pending)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as checks:
+            while self.pending and self.stop is None:
+                # each check runs in a copy of this thread's context, so that log records of
+                # a flow run (Prefect keeps the run in a contextvar) stay attached to it
+                batch = list(self.pending.values())
+                futures = [checks.submit(contextvars.copy_context().run, self._check, item)
+                           for item in batch]
+                for (d, _), future in zip(batch, futures, strict=True):
+                    self._take(d, future.result())
+                remaining = self.deadline - time.monotonic()
+                if not self.pending or self.stop is not None or remaining <= 0:
+                    break
+                time.sleep(min(next(delays), remaining))
+        for d, _ in self.pending.values():
+            self.outcomes[d.id] = self.p.waiting(d)
+        for download_id, future in self.delivering.items():
+            try:
+                self.outcomes[download_id] = future.result()
+            except ConfigurationError as exc:
+                self.stop = self.stop or exc
+        if self.stop is not None:
+            raise self.stop
+        return [self.outcomes[d.id] for d in self.downloads if d.id in self.outcomes]
+
+    def _check(self, item: tuple[Download, Prepared | None]) -> Prepared | Outcome | Exception:
+        d, prepared = item
+        try:
+            return self.p.check(d, prepared)
+        except ConfigurationError as exc:
+            return exc
+
+    def _take(self, d: Download, result: Prepared | Outcome | Exception) -> None:
+        if isinstance(result, ConfigurationError):
+            self.stop = self.stop or result
+        elif isinstance(result, Outcome):
+            self.outcomes[d.id] = result
+            self.pending.pop(d.id, None)
+        elif isinstance(result, Prepared) and result.ready:
+            self.pending.pop(d.id, None)
+            self.delivering[d.id] = self.submit(d, result.prepared_id)
+        elif isinstance(result, Prepared):
+            self.pending[d.id] = (d, result)
 
 
-def _read_text(fs, path: str) -> str | None:
-    try:
-        with fs.open(path, "rb") as fh:
-            return fh.read().decode("utf-8", "replace").strip()
-    except FileNotFoundError:
-        return None
+def _refused_session(exc: PollcatError) -> bool:
+    """A 403 from a call made with the functional account's session: the session expired (log
+    in again) or the account lacks rights (a configuration problem), never the user's fault."""
+    return isinstance(exc, SessionError) or (
+        isinstance(exc, PermanentServiceError) and exc.status == 403)

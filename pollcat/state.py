@@ -2,30 +2,85 @@
 
 TopCAT has no field for "delivered" (wire reference §4.2), and a sweep may crash anywhere, so
 what pollcat has done is kept here: prepare attempts, first sighting (for the transient deadline),
-the outcome. The lock is an `flock` on a file in the state dir: held while a download is being
+the verdict. The lock is an `flock` on a file in the state dir: held while a download is being
 delivered, released by the kernel if the process dies, so overlapping sweeps or several workers
-sharing the state dir never deliver one download twice at the same time.
+sharing the state dir never deliver one download twice at the same time. (Workers on different
+hosts are kept apart by the claim on the target itself, `pollcat.claim`.)
+
+The ledger holds no secret: a preparedId is a bearer token for the data, so the one pollcat made
+itself is kept apart in `secrets/` (mode 0600), and the ledger only remembers a fingerprint of
+TopCAT's preparedId to notice when TopCAT prepares the download again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pollcat.errors import ConfigurationError, DeliveryLocked
+from pollcat.errors import ConfigurationError
+from pollcat.states import Verdict
 
 _FACILITY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def fingerprint(secret: str | None) -> str:
+    """A stable, non-reversible name for a preparedId (for comparing, never for fetching)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16] if secret else ""
+
+
+@dataclass
+class LedgerRecord:
+    """One download's row in the ledger."""
+
+    download_id: int
+    first_seen: str = ""
+    updated: str = ""
+    verdict: Verdict | None = None
+    reason: str = ""
+    expired_in_topcat: bool = False  # TopCAT accepted EXPIRED (a later RESTORING is a resume)
+    prepare_attempts: int = 0
+    restore_failures: int = 0
+    prepared_from: str = ""  # fingerprint of TopCAT's preparedId when pollcat prepared its own
+    last_error: str = ""
+    mismatch_signature: str = ""  # the last verification failure, to spot one that repeats
+    mismatch_count: int = 0
+    path: str = ""
+    transport: str = ""
+    files: int = 0
+    bytes: int = 0
+    delivered_at: str = ""
+    grants: list[dict[str, Any]] = field(default_factory=list)  # access actions applied
+    removed: list[dict[str, Any]] = field(default_factory=list)  # retention's removals
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> LedgerRecord:
+        raw = dict(raw)
+        if "outcome" in raw and "verdict" not in raw:  # ledgers written before the rename
+            raw["verdict"] = raw.pop("outcome")
+        raw.pop("prepared_id", None)  # old ledgers kept it here; it is a secret
+        known = {f.name for f in dataclasses.fields(cls)}
+        rec = cls(**{k: v for k, v in raw.items() if k in known})
+        rec.verdict = Verdict(rec.verdict) if rec.verdict else None
+        return rec
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["verdict"] = str(self.verdict) if self.verdict else None
+        return out
 
 
 class StateStore:
@@ -35,9 +90,12 @@ class StateStore:
         self.root = Path(state_dir) / facility
         self.ledger_dir = self.root / "ledger"
         self.lock_dir = self.root / "locks"
+        self.secret_dir = self.root / "secrets"
         try:
             self.ledger_dir.mkdir(parents=True, exist_ok=True)
             self.lock_dir.mkdir(parents=True, exist_ok=True)
+            self.secret_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.secret_dir, 0o700)
         except OSError as exc:
             raise ConfigurationError(f"cannot use state dir {self.root}: {exc}") from exc
         self.first_run = self._first_run()
@@ -56,45 +114,68 @@ class StateStore:
     def _path(self, download_id: int) -> Path:
         return self.ledger_dir / f"{int(download_id)}.json"
 
-    def get(self, download_id: int) -> dict[str, Any]:
+    def get(self, download_id: int) -> LedgerRecord:
+        """The record; an empty one (not stored) for a download never seen."""
         try:
-            return json.loads(self._path(download_id).read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError:
-            return {}
+            return LedgerRecord.from_json(json.loads(self._path(download_id).read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return LedgerRecord(download_id=int(download_id))
 
-    def update(self, download_id: int, **fields: Any) -> dict[str, Any]:
+    def update(self, download_id: int, **fields: Any) -> LedgerRecord:
         rec = self.get(download_id)
-        rec.setdefault("download_id", int(download_id))
-        rec.setdefault("first_seen", now_iso())
-        rec.update(fields)
-        rec["updated"] = now_iso()
+        for key, value in fields.items():
+            if not hasattr(rec, key):
+                raise AttributeError(f"the ledger has no field {key!r}")
+            setattr(rec, key, value)
+        rec.first_seen = rec.first_seen or now_iso()
+        rec.updated = now_iso()
         path = self._path(download_id)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(rec.to_json(), indent=1, sort_keys=True))
         os.replace(tmp, path)
         return rec
 
-    def seen(self, download_id: int) -> dict[str, Any]:
+    def seen(self, download_id: int) -> LedgerRecord:
         """The record, created on first sight."""
         rec = self.get(download_id)
-        return rec if rec else self.update(download_id)
+        return rec if rec.first_seen else self.update(download_id)
 
+    def records(self) -> Iterator[LedgerRecord]:
+        for path in sorted(self.ledger_dir.glob("*.json")):
+            with contextlib.suppress(ValueError, TypeError, OSError):
+                yield LedgerRecord.from_json(json.loads(path.read_text()))
+
+    # ------------------------------------------------------------ the preparedId pollcat made
+    def own_prepared_id(self, download_id: int) -> str | None:
+        try:
+            return (self.secret_dir / f"{int(download_id)}.prepared").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def keep_prepared_id(self, download_id: int, prepared_id: str) -> None:
+        path = self.secret_dir / f"{int(download_id)}.prepared"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(prepared_id)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------ the lock
     @contextlib.contextmanager
-    def lock(self, download_id: int) -> Iterator[None]:
+    def lock(self, download_id: int) -> Iterator[bool]:
+        """Yields True while this process holds the download, False if another one does."""
         path = self.lock_dir / f"{int(download_id)}.lock"
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise DeliveryLocked("another worker is delivering this download",
-                                     download_id=download_id) from None
+                yield False
+                return
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {now_iso()}\n".encode())
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:

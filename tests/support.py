@@ -43,13 +43,14 @@ def pipeline_for(sim, tmp_path: Path, *, transports=("globus",), state_dir: Path
     is `file://<tmp_path>/target` unless `target_url` (e.g. an `sftp://` URL) is given.
     `target_kw` go to every TargetConfig (`storage_options`, `source`, ...)."""
     base = target_url.rstrip("/") if target_url else f"file://{tmp_path / 'target'}"
-    fac = FacilityConfig(name="LILS", icat_url=sim.url, ids_url=sim.url, topcat_url=sim.url,
-                         username="pollcat", password="pollpass", timeout_s=10,
+    fac = FacilityConfig(facility_name="LILS", icat_url=sim.url, ids_url=sim.url,
+                         topcat_url=sim.url, username="pollcat", password="pollpass",
+                         timeout_seconds=10,
                          **(facility_kw or {}))
     routes = {t: TargetConfig(url=f"{base}/{t}", **target_kw)
               for t in transports}
     cfg = PipelineConfig(facility=fac, routes=routes, state_dir=state_dir or tmp_path / "state",
-                         poll_budget_s=5.0, max_prepare_attempts=3)
+                         poll_budget_seconds=5.0, max_prepare_attempts=3)
     return Pipeline(cfg)
 
 

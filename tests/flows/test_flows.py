@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from blocks import DeliveryTarget, PollcatFacility
-from flows.deliver import deliver_download
-from flows.sweep import sweep
+from pollcat.blocks import DeliveryTarget, PollcatFacility
+from pollcat.flows.deliver import deliver_download
+from pollcat.flows.sweep import sweep
 from tests.conftest import scenario
 from tests.support import delivered_files, statuses
 
@@ -38,8 +38,9 @@ def test_sweep_flow_delivers_isolates_and_reports(make_sim, tmp_path):
         {"name": "bad\x01name", "content": "x"})  # makes bob's download fail permanently
     sim = make_sim(scn)
     _blocks(sim, tmp_path, "flowtest")
+    states = []
     for _ in range(5):
-        rows = sweep(facility="flowtest")
+        states.append(sweep(facility="flowtest", return_state=True))
         st = statuses(sim.url)
         if "EXPIRED" in st.values() and "COMPLETE" in st.values():
             break
@@ -48,7 +49,9 @@ def test_sweep_flow_delivers_isolates_and_reports(make_sim, tmp_path):
     assert len(delivered_files(tmp_path / "out/globus")) == 2
     mail = [m for m in sim.facility.mail_outbox if m["download_id"] == alice_id]
     assert len(mail) == 1 and mail[0]["body"].startswith("Dear Alice Smith: Your data: file://")
-    assert isinstance(rows, list)
+    # the sweep that expired bob's download is a Failed run saying which download failed
+    assert states[-1].is_failed() and str(bob_id) in states[-1].message
+    assert all(s.is_completed() for s in states[:-1])
 
     from prefect.client.orchestration import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
@@ -60,6 +63,25 @@ def test_sweep_flow_delivers_isolates_and_reports(make_sim, tmp_path):
     arts = [a for a in run_coro_as_sync(latest()) if a.key == "pollcat-sweep-lils"]
     assert arts and arts[0].type == "table"
 
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    async def failed_task_and_logs():
+        async with get_client() as client:
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(any_=[f"failed-LILS-{bob_id}"])))
+            logs = await client.read_logs()
+            return runs, logs
+
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    runs, logs = run_coro_as_sync(failed_task_and_logs())
+    assert runs and runs[0].state.is_failed() and "bad" in runs[0].state.message
+    # pollcat's own warnings reach the run logs an operator reads
+    pollcat_logs = [lg for lg in logs if lg.name.startswith("pollcat")]
+    assert any(f"download {bob_id}: expiring" in lg.message for lg in pollcat_logs)
+    assert all(lg.flow_run_id for lg in pollcat_logs)
+
 
 def test_deliver_flow_by_id_and_masked_secrets(make_sim, tmp_path):
     sim = make_sim(scenario(downloads=[ALICE]))
@@ -67,7 +89,7 @@ def test_deliver_flow_by_id_and_masked_secrets(make_sim, tmp_path):
     (download_id,) = statuses(sim.url)
     row = None
     for _ in range(5):
-        row = deliver_download(download_id=download_id, facility="bytest", poll_budget_s=5)
+        row = deliver_download(download_id=download_id, facility="bytest")
         if row["outcome"] == "completed":
             break
     assert row["outcome"] == "completed" and row["files"] == 2
@@ -83,3 +105,18 @@ def test_deliver_flow_by_id_and_masked_secrets(make_sim, tmp_path):
 
     data = run_coro_as_sync(doc()).data
     assert data["password"] != "pollpass" and "pollpass" not in str(data)
+
+
+def test_check_flow_passes_and_fails_by_the_blocks(make_sim, tmp_path):
+    from pollcat.flows.check import check
+
+    sim = make_sim(scenario())
+    _blocks(sim, tmp_path, "checktest")
+    for t in ("globus", "scarf"):
+        (tmp_path / "out" / t).mkdir(parents=True)
+    lines = check(facility="checktest")
+    assert any("logged in as simple/pollcat" in line for line in lines)
+    DeliveryTarget(url=f"file://{tmp_path / 'nowhere'}").save("checktest-scarf",
+                                                              overwrite=True)
+    state = check(facility="checktest", return_state=True)
+    assert state.is_failed() and "target scarf reachable" in state.message

@@ -24,9 +24,9 @@ def _run(args: list[str], password: str | None = "pollpass", timeout: float = 12
 
 def _args(url: str, tmp_path, *extra: str) -> list[str]:
     return ["sweep", "--icat-url", url, "--ids-url", url, "--topcat-url", url,
-            "--facility", "LILS", "--username", "pollcat",
+            "--facility-name", "LILS", "--username", "pollcat",
             "--route", f"globus=file://{tmp_path / 'out'}", "--state-dir", str(tmp_path / "st"),
-            "--poll-budget", "5", "--json", *extra]
+            "--poll-budget-seconds", "5", "--json", *extra]
 
 
 def test_cli_sweep_delivers_and_reports_json(make_sim, tmp_path):

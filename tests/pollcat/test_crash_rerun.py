@@ -68,4 +68,4 @@ def test_killed_sweep_resumes_without_duplicates(make_sim, tmp_path):
     wait_for(lambda: sim.facility.mail_outbox, what="the ready e-mail")
     time.sleep(0.5)
     assert [m["download_id"] for m in sim.facility.mail_outbox] == [1]
-    assert StateStore(state, "LILS").get(1)["outcome"] == "completed"
+    assert StateStore(state, "LILS").get(1).verdict == "completed"

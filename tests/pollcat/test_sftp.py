@@ -179,7 +179,7 @@ def test_sftp_refusing_target_expires_the_download(make_sim, tmp_path, sftp, set
             break
     assert [o.outcome for o in outcomes] == ["expired"], outcomes
     assert statuses(sim.url) == {download_id: "EXPIRED"}
-    reason = StateStore(tmp_path / "state", "LILS").get(download_id)["reason"]
+    reason = StateStore(tmp_path / "state", "LILS").get(download_id).reason
     assert reason.startswith(f"download {download_id}: target refused"), reason
     assert why in reason, reason
     assert outcomes[0].reason == reason

@@ -1,4 +1,9 @@
-"""The pipeline steps as Prefect tasks. Each wraps one `Pipeline` method and nothing more."""
+"""The pipeline steps as Prefect tasks. Each wraps one `Pipeline` method and nothing more.
+
+No task retries: what is retried, where and how often is decided once (docs/architecture.md):
+HTTP calls retry at the session, broken streams resume in the transfer engine, and everything
+else is the next sweep's job under the download's deadline. Retrying here too would multiply.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,13 @@ import time
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
-from pollcat.pipeline import Outcome, Pipeline, Prepared
+from pollcat.pipeline import Outcome, Pipeline
 from pollcat.topcat import Download
-from tasks.retry import JITTER, RETRY_DELAYS, transient_only
 
 
-@task(name="discover", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=JITTER, retry_condition_fn=transient_only)
+@task(name="discover", cache_policy=NO_CACHE)
 def discover(pipeline: Pipeline) -> list[Download]:
     downloads = pipeline.discover()
     get_run_logger().info("found %d download(s) to work on: %s", len(downloads),
@@ -23,32 +27,24 @@ def discover(pipeline: Pipeline) -> list[Download]:
     return downloads
 
 
-@task(name="prepare", task_run_name="prepare-{download.facility_name}-{download.id}",
-      cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=JITTER, retry_condition_fn=transient_only)
-def prepare(pipeline: Pipeline, download: Download) -> Prepared:
-    return pipeline.prepare(download)
-
-
-@task(name="poll", task_run_name="poll-{download.facility_name}-{download.id}",
-      cache_policy=NO_CACHE, retries=2, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=JITTER, retry_condition_fn=transient_only)
-def poll(pipeline: Pipeline, download: Download, prepared: Prepared,
-         budget_s: float | None = None) -> bool:
-    return pipeline.poll(download, prepared, budget_s)
-
-
 @task(name="deliver", task_run_name="deliver-{download.facility_name}-{download.id}",
-      cache_policy=NO_CACHE, retries=2, retry_delay_seconds=RETRY_DELAYS,
-      retry_jitter_factor=JITTER, retry_condition_fn=transient_only)
+      cache_policy=NO_CACHE)
 def deliver(pipeline: Pipeline, download: Download, prepared_id: str) -> Outcome:
     """Transfer, verify, hooks and COMPLETE, with a progress artifact for long transfers."""
     progress = _Progress(download)
     outcome = pipeline.deliver(download, prepared_id, on_progress=progress.update)
     progress.finish()
-    get_run_logger().info("download %s: %s (%d files, %.1f MB/s)", download.id,
-                          outcome.outcome, outcome.files, outcome.mb_per_s)
+    get_run_logger().info("download %s: %s (%d files, %.1f MB/s) %s", download.id,
+                          outcome.outcome, outcome.files, outcome.mb_per_s, outcome.reason)
     return outcome
+
+
+@task(name="failed", task_run_name="failed-{facility}-{download_id}", cache_policy=NO_CACHE)
+def record_failure(facility: str, download_id: int, reason: str):
+    """A Failed task run an operator finds by the download's id, with the reason as message."""
+    get_run_logger().error("download %s of %s failed permanently: %s", download_id, facility,
+                           reason)
+    return Failed(message=reason)
 
 
 class _Progress:

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over `pollcat.pipeline`, one per pipeline step."""

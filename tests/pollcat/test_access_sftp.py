@@ -1,0 +1,186 @@
+"""Access on SFTP targets, behind a real OpenSSH sshd on 127.0.0.1.
+
+The helper (deploy/sftp-helper/pollcat-access-helper) is reached through an authorized_keys
+line with `restrict,command=...`, exactly as documented for production; the key can run nothing
+else. The "server" is this machine, so what it grants is checked by reading as the test users.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pollcat.access import AccessContext, AccessPolicy
+from pollcat.access.errors import RemoteHelperFailed, RemoteHelperUnreachable
+from pollcat.access.sftp import SftpModeHook, SshHelperHook, SshHelperTarget
+from tests.pollcat.test_access_fixtures import (
+    account_db,  # noqa: F401  (fixture)
+    can_read,
+    snapshot,
+    target_root,  # noqa: F401  (fixture)
+)
+from tests.pollcat.test_access_hooks import DL, FILES, deliver, delivered_objects
+from tests.sshd import SshServer, running_sshd
+
+pytestmark = [pytest.mark.sshd,
+              pytest.mark.skipif(os.geteuid() != 0, reason="access tests run as root")]
+
+HELPER = Path(__file__).resolve().parents[2] / "deploy/sftp-helper/pollcat-access-helper"
+PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
+def forced_command_line(server: SshServer, root: Path, passwd: Path) -> str:
+    """The documented authorized_keys line, with the test's root and account database."""
+    command = f"{PYTHON} {HELPER} --root {root} --passwd-file {passwd}"
+    public_key = server.client_key.with_suffix(".pub").read_text().strip()
+    return f'restrict,command="{command}" {public_key}\n'
+
+
+@pytest.fixture
+def helper_sshd(account_db, target_root) -> Iterator[SshServer]:  # noqa: F811
+    with running_sshd() as server:
+        keys = server.dir / "authorized_keys" / server.user
+        keys.write_text(forced_command_line(server, target_root,
+                                            account_db.root / "etc/passwd"))
+        yield server
+
+
+def helper_target(server: SshServer) -> SshHelperTarget:
+    return SshHelperTarget(host=server.host, port=server.port, user=server.user,
+                           key_file=str(server.client_key), known_hosts=str(server.known_hosts),
+                           timeout=60)
+
+
+def raw_ssh(server: SshServer, command: str) -> subprocess.CompletedProcess:
+    """Send any command string, bypassing pollcat's own validation."""
+    argv = helper_target(server).argv([command], "/usr/bin/ssh")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def ctx_for(root: Path, account: str = "pcalice") -> AccessContext:
+    return AccessContext(download_id=42, icat_user=f"simple/{account}", account=account,
+                         root=str(root), download_dir=DL, files=FILES)
+
+
+def test_helper_grants_read_to_the_user_only(account_db, target_root, helper_sshd):  # noqa: F811
+    alice, bob = account_db.add_user("pcalice"), account_db.add_user("pcbob")
+    deliver(target_root)
+    hook = SshHelperHook(AccessPolicy(), helper_target(helper_sshd))
+    ctx = ctx_for(target_root)
+    lines: list[str] = []
+    planned = hook.dry_run(ctx, lines.append)
+    assert planned and "setfacl -m user:" in lines[0]
+    assert can_read(bob, target_root / FILES[0])  # the plan changed nothing
+    records: list[dict] = []
+    assert hook.apply(ctx, planned, records.append) == len(planned)
+    assert all(r["download_id"] == 42 and r["hook"] == "ssh-helper" for r in records)
+    for path in delivered_objects(target_root):
+        assert can_read(alice, path), path
+        assert not can_read(bob, path), path
+    # idempotent: nothing left to plan or apply
+    assert hook.plan(ctx) == []
+    assert hook.apply(ctx, [], records.append) == 0
+    # revoke takes the user's entries away again
+    assert hook.revoke(ctx, records) > 0
+    assert not can_read(alice, target_root / FILES[0])
+
+
+@pytest.mark.parametrize("command", [
+    "grant 42 pcalice;id alice/alice_run42",
+    "grant 42 root alice/alice_run42",
+    "grant 42 daemon alice/alice_run42",
+    "grant 42 pcalice ../../etc",
+    "grant 42 pcalice alice/alice_run42/../..",
+    "grant 42 pcalice /etc",
+    "grant 42 pcalice -rf",
+    "grant 4x2 pcalice alice/alice_run42",
+    "grant 42 pcghost alice/alice_run42",
+    "grant 42 pcalice alice/alice_run42 extra",
+    "touch /tmp/pollcat-access-pwned",
+    "sh -c id",
+    "",
+])
+def test_helper_refuses_anything_else(account_db, target_root, helper_sshd, command):  # noqa: F811
+    account_db.add_user("pcalice")
+    deliver(target_root)
+    before = {p: snapshot(p) for p in delivered_objects(target_root)}
+    proc = raw_ssh(helper_sshd, command)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "refused" in proc.stderr
+    assert not Path("/tmp/pollcat-access-pwned").exists()
+    assert {p: snapshot(p) for p in before} == before
+
+
+def test_helper_does_not_follow_symlinks(account_db, target_root, helper_sshd):  # noqa: F811
+    account_db.add_user("pcalice")
+    deliver(target_root)
+    outside = target_root.parent / (target_root.name + "-outside")
+    outside.mkdir()
+    try:
+        (outside / "secret").write_text("not yours")
+        (outside / "secret").chmod(0o600)
+        before = {p: snapshot(p) for p in (outside, outside / "secret")}
+        run_dir = target_root / DL / "INV-001/1/run-42"
+        (run_dir / "evil.nxs").symlink_to(outside / "secret")
+        (run_dir / "evil-dir").symlink_to(outside)
+        records: list[dict] = []
+        SshHelperHook(AccessPolicy(), helper_target(helper_sshd)).apply(
+            ctx_for(target_root), [], records.append)
+        assert {p: snapshot(p) for p in before} == before
+        assert not any("evil" in r["path"] for r in records)
+        # the download directory itself swapped for a symlink: refused outright
+        os.rename(target_root / DL, target_root / "alice/moved")
+        (target_root / DL).symlink_to(outside)
+        with pytest.raises(RemoteHelperFailed, match="symbolic link"):
+            SshHelperHook(AccessPolicy(), helper_target(helper_sshd)).plan(ctx_for(target_root))
+        assert {p: snapshot(p) for p in before} == before
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(outside)], check=True)
+
+
+def test_pollcat_validates_before_calling(account_db, target_root, helper_sshd):  # noqa: F811
+    from pollcat.access.errors import InvalidAccountName
+    hook = SshHelperHook(AccessPolicy(), helper_target(helper_sshd))
+    with pytest.raises(InvalidAccountName):
+        hook.plan(ctx_for(target_root, account="a b"))
+
+
+def test_unreachable_helper_is_transient(target_root):  # noqa: F811
+    target = SshHelperTarget(host="127.0.0.1", port=1, user="root", key_file="/nonexistent",
+                             known_hosts="/dev/null", timeout=30)
+    with pytest.raises(RemoteHelperUnreachable) as err:
+        SshHelperHook(AccessPolicy(), target).plan(ctx_for(target_root))
+    assert err.value.download_id == 42
+
+
+def test_sftp_protocol_sets_modes_and_numeric_owner(account_db, target_root):  # noqa: F811
+    paramiko = pytest.importorskip("paramiko")
+    alice, bob = account_db.add_user("pcalice"), account_db.add_user("pcbob")
+    deliver(target_root)
+    with running_sshd() as server:
+        transport = paramiko.Transport((server.host, server.port))
+        try:
+            transport.connect(username=server.user,
+                              pkey=paramiko.Ed25519Key.from_private_key_file(
+                                  str(server.client_key)))
+            client = paramiko.SFTPClient.from_transport(transport)
+            policy = AccessPolicy(acl_user=False, chown_user=True, file_mode="0600",
+                                  dir_mode="0700")
+            hook = SftpModeHook(policy, client, owner_uid=alice.uid, owner_gid=alice.gid)
+            ctx = ctx_for(target_root)
+            records: list[dict] = []
+            assert hook.apply(ctx, hook.plan(ctx), records.append) > 0
+            assert hook.plan(ctx) == []
+            for path in delivered_objects(target_root):
+                assert path.stat().st_uid == alice.uid
+                assert can_read(alice, path), path
+                assert not can_read(bob, path), path
+            assert hook.revoke(ctx, records) == len(records)
+            assert (target_root / FILES[0]).stat().st_uid == 0
+        finally:
+            transport.close()
