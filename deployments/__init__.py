@@ -1,1 +1,1 @@
-"""Putting pollcat on a Prefect server: `python -m deployments.bootstrap` (see its docstring)."""
+"""The design card's `deployments/` folder: the bootstrap lives in `pollcat.deployments`."""

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     from simfacility.server import running_facility
-    from tests.prefect_server.server import PrefectServer
+    from tests.prefect_server.server import SERVER_ENV, PrefectServer
 
-    server = PrefectServer(out / "prefect", port=_port(args.port))
+    server = PrefectServer(out / "prefect", port=_port(args.port), **SERVER_ENV)
     with running_facility(REPO / "scenarios" / "demo.yaml", out / "ids-storage") as sim:
         print(f"simulated facility LILS (ICAT, IDS, TopCAT) at {sim.url}: "
               f"{len(sim.store.datafiles)} datafiles on two-level storage")

@@ -21,6 +21,8 @@ import httpx
 from simfacility.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# what deploy/systemd/prefect-server.env.example sets besides paths and URLs
+SERVER_ENV = {"PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "pollcat.deployments.event_ordering"}
 
 
 def clean_env(home: Path, api_url: str, **extra: str) -> dict[str, str]:

@@ -77,7 +77,7 @@ def test_schedule_delivers_end_to_end(prefect_server: PrefectServer, tmp_path):
         t_deploy = time.monotonic()
         second = _bootstrap(server, "--deploy", "--sweep-interval", str(SWEEP_INTERVAL_S))
         assert all(line.endswith("unchanged") for line in second.splitlines()
-                   if line.startswith(("block type", "work pool"))), second
+                   if line.startswith(("block type", "work pool", "automation"))), second
         assert f"deployments sweep-{FACILITY_BLOCK}, deliver-{FACILITY_BLOCK}: deployed" in second
         deps = server.api("POST", "/deployments/filter", json={}).json()
         assert sorted(d["name"] for d in deps) == [f"deliver-{FACILITY_BLOCK}",

@@ -19,8 +19,12 @@ import yaml
 from prefect.client.orchestration import PrefectClient
 
 FACILITY_BLOCK_TYPE = "pollcat-facility"
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
+
+
+def default_project_dir() -> Path:
+    """The checkout holding `prefect.yaml`: `$POLLCAT_HOME` (where workers run the flows
+    from), else the working directory."""
+    return Path(os.environ.get("POLLCAT_HOME") or Path.cwd())
 
 
 async def facility_block_names(client: PrefectClient) -> list[str]:
@@ -29,7 +33,7 @@ async def facility_block_names(client: PrefectClient) -> list[str]:
     return sorted(d.name for d in docs if d.name and not d.is_anonymous)
 
 
-def with_sweep_interval(interval_s: float, into: Path, source: Path = PREFECT_YAML) -> Path:
+def with_sweep_interval(interval_s: float, into: Path, source: Path) -> Path:
     """A copy of `source` whose sweep schedules fire every `interval_s` seconds."""
     spec = yaml.safe_load(source.read_text())
     for dep in spec["deployments"]:
@@ -41,14 +45,16 @@ def with_sweep_interval(interval_s: float, into: Path, source: Path = PREFECT_YA
 
 
 def deploy_facility(block_name: str, *, sweep_interval_s: float | None = None,
-                    project_dir: Path = PROJECT_DIR, pollcat_home: str | None = None) -> None:
-    """`prefect --no-prompt deploy --all` from `project_dir` for one facility block.
-
-    `pollcat_home` is where workers find the code (the pull step's working directory); it
-    defaults to `$POLLCAT_HOME`, else this checkout.
-    """
+                    project_dir: Path | None = None) -> None:
+    """`prefect --no-prompt deploy --all` from `project_dir` (a checkout: `prefect.yaml` and
+    the `flows/` entry points) for one facility block; workers run the flows from
+    `$POLLCAT_HOME`, which defaults to the same checkout."""
+    project_dir = (project_dir or default_project_dir()).resolve()
+    if not (project_dir / "prefect.yaml").is_file():
+        raise FileNotFoundError(f"no prefect.yaml in {project_dir}: run from the pollcat "
+                                "checkout or set POLLCAT_HOME to it")
     env = dict(os.environ, POLLCAT_FACILITY_BLOCK=block_name,
-               POLLCAT_HOME=pollcat_home or os.environ.get("POLLCAT_HOME", str(project_dir)))
+               POLLCAT_HOME=os.environ.get("POLLCAT_HOME") or str(project_dir))
     with tempfile.TemporaryDirectory(prefix="pollcat-deploy-") as tmp:
         args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
         if sweep_interval_s is not None:
