@@ -21,7 +21,7 @@ from pollcat.deployments import alerts
 from simfacility.server import free_port, running_facility
 from tests.conftest import scenario
 from tests.prefect_server.server import REPO, PrefectServer
-from tests.support import statuses
+from tests.support import statuses, wait_for
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -141,6 +141,13 @@ OperatorEmail(smtp_host='127.0.0.1', smtp_port={smtp_port}, security='none',
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def _end_time(server: PrefectServer, task_run_name: str) -> str | None:
+    """The task run's end time once the server recorded it (the alert can be quicker)."""
+    runs = server.api("POST", "/task_runs/filter", json={"task_runs": {
+        "name": {"any_": [task_run_name]}}}).json()
+    return runs[0]["end_time"] if runs else None
+
+
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
@@ -178,8 +185,8 @@ def test_failures_reach_webhook_and_mail_once(prefect_server: PrefectServer, tmp
         t_mail, _, mail_body = smtp.wait_for("failed-LILS-2 failed permanently", 30)
         assert "../escape" in hook_body and "../escape" in mail_body and "EXPIRED" in mail_body
         assert statuses(sim.url) == {1: "COMPLETE", 2: "EXPIRED"}
-        fail_at = _epoch(server.api("POST", "/task_runs/filter", json={"task_runs": {
-            "name": {"any_": ["failed-LILS-2"]}}}).json()[0]["end_time"])
+        fail_at = _epoch(wait_for(lambda: _end_time(server, "failed-LILS-2"), 30,
+                                  "the task run recorder to record the failure"))
         # ...and the scheduled sweep run itself is Failed: the run alert, on both channels
         # (at once thanks to pollcat.deployments.event_ordering; 15 minutes late without it)
         t_run_alert, _, body = webhook.wait_for(f"sweep-{FACILITY_BLOCK} Failed", 30)
