@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _configured(sub, "sweep", "run one sweep of a facility")
     _configured(sub, "check", "check services, privileges and targets; change nothing")
+    _configured(sub, "verify", "re-read delivered files against their manifests; change nothing")
     c = _configured(sub, "cleanup", "remove deliveries older than their target's retention")
     c.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     return p
@@ -131,7 +132,10 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     target = {k: v for k, v in vars(args).items()
               if k in TargetConfig.model_fields and k != "url"}
     routes = {t: TargetConfig(url=u, **target) for t, u in _routes(args.route).items()}
-    return PipelineConfig(facility=facility, routes=routes, **_values(args, SweepSettings))
+    sweep = _values(args, SweepSettings)
+    if os.environ.get("POLLCAT_LEDGER_URL"):  # may hold a password: never a flag (`ps`)
+        sweep["ledger_url"] = SecretStr(os.environ["POLLCAT_LEDGER_URL"])
+    return PipelineConfig(facility=facility, routes=routes, **sweep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = Pipeline(cfg)
         if args.command == "cleanup":
             return pipeline.cleanup(dry_run=args.dry_run)
+        if args.command == "verify":
+            return pipeline.verify()
     except (ConfigurationError, ValidationError) as exc:
         print(f"pollcat: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

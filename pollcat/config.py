@@ -109,6 +109,11 @@ class TargetConfig(BaseModel):
                     "e.g. {\"accounts\": \"existing\", \"retention_days\": 15}; unset: files "
                     "stay as the service account writes them.")
 
+    access_helper: dict[str, Any] | None = Field(
+        default=None,
+        description="SFTP targets: how to reach the pollcat-access-helper forced command that "
+                    "applies the access policy on the server (host, user, key_file, "
+                    "known_hosts, port; deploy/sftp-helper/README.md).")
     globus: dict[str, Any] | None = Field(
         default=None, repr=False,
         description="A Globus guest collection whose root is this target's root: each delivery "
@@ -131,6 +136,18 @@ class TargetConfig(BaseModel):
             raise ConfigurationError(f"Globus settings of {self.url}: {exc}") from None
 
     @property
+    def helper_target(self) -> Any:
+        """`pollcat.access.sftp.SshHelperTarget` from `access_helper`, or None."""
+        if self.access_helper is None:
+            return None
+        from pollcat.access.sftp import SshHelperTarget
+
+        try:
+            return SshHelperTarget(**self.access_helper)
+        except TypeError as exc:
+            raise ConfigurationError(f"access_helper of {self.url}: {exc}") from None
+
+    @property
     def access_policy(self) -> AccessPolicy | None:
         return AccessPolicy.from_mapping(self.access) if self.access is not None else None
 
@@ -149,10 +166,13 @@ class TargetConfig(BaseModel):
         self.globus_settings  # noqa: B018 - validated now, not at delivery
         if self.access is not None:
             self.access_policy  # noqa: B018 - validates the policy now, not at delivery
-            if urlparse(self.url).scheme not in ("", "file", "local"):
+            remote = urlparse(self.url).scheme not in ("", "file", "local")
+            if remote and self.access_helper is None:
                 raise ConfigurationError(
-                    f"{self.url}: access policies are applied on local (or locally mounted) "
-                    "targets; for SFTP use the forced-command helper (deploy/sftp-helper)")
+                    f"{self.url}: an access policy on a remote target needs access_helper, the "
+                    "forced-command helper on the server (deploy/sftp-helper/README.md)")
+            if self.access_helper is not None:
+                self.helper_target  # noqa: B018 - validated now
         prefix = download_template(self.layout)
         if "{download}" not in prefix and "{download_id}" not in prefix:
             raise ConfigurationError(
@@ -165,6 +185,11 @@ class TargetConfig(BaseModel):
 class SweepSettings(BaseModel):
     """How a sweep behaves: deadlines, attempts, parallelism, pollcat's own state."""
 
+    ledger_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the shared ledger (sqlite:///... for several processes "
+                    "on one host, postgresql://... for many hosts); unset: JSON files in "
+                    "state_dir. Stored masked: it may hold a password.")
     state_dir: Path = Field(
         default_factory=_default_state_dir,
         description="pollcat's ledger and locks (default $POLLCAT_STATE_DIR or "
@@ -178,6 +203,14 @@ class SweepSettings(BaseModel):
     transient_deadline_hours: float = Field(
         default=72.0, gt=0,
         description="Transient failures older than this expire a download.")
+    waiting_deadline_hours: float = Field(
+        default=168.0, gt=0,
+        description="A download whose data the IDS has not restored this long after pollcat "
+                    "first saw it is expired with that reason (and alerts the operator).")
+    alert_waiting_hours: float = Field(
+        default=24.0, gt=0,
+        description="A download still waiting for its restore this long after pollcat first "
+                    "saw it raises a pollcat.download.stuck event (an operator alert).")
     deliver_completed: bool = Field(
         default=True, description="Single-level IDS: deliver COMPLETE downloads too.")
     max_parallel_downloads: int = Field(default=4, ge=1, le=64,

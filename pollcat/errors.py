@@ -138,3 +138,22 @@ class TruncatedStream(TransientError):
 
 class CorruptStream(VerificationError):
     """Bytes arrived but are not a valid zip stream (bad signature, bad deflate data)."""
+
+
+class UnsafeTargetPath(PermanentError):
+    """Something pollcat did not make sits where it wants to write: a symbolic link, FIFO,
+    device, or a directory where a file belongs (or a file where a directory belongs).
+
+    Users may write into their delivery directories, so this is refused, never followed or
+    removed; the message names the path so an operator can look at it.
+    """
+
+
+class TargetConnectionLost(TransientError):
+    """The connection to a remote target (SFTP) broke: reconnect and continue the delivery,
+    which resumes from its part files."""
+
+
+class DeliveryLocked(PollcatError):
+    """Another worker owns this download now (its claim on the target is live, or this worker
+    lost its claim mid-transfer): an outcome ("locked"), never a failure of the download."""

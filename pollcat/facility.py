@@ -28,3 +28,5 @@ class FacilityClients:
 
     def close(self) -> None:
         self.icat.logout()
+        for ids in self._ids.values():
+            ids.close()

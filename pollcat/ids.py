@@ -1,122 +1,260 @@
 """The IDS, through python-icat's `IDSClient`, made safe for unattended use.
 
-python-icat's client has no timeouts, does not check for 206 on resume, and turns a non-ASCII
-error body into `UnicodeDecodeError` (python-icat notes §1.4). `IdsGateway` keeps the client but
-gives it an opener with a timeout and a UTF-8-safe error handler, checks the status of ranged
-reads, and translates every IDS error into pollcat's transient/permanent families.
+python-icat's client is built through its own constructor (which sets `apiversion`, read by its
+error paths), but talks through pollcat's opener (python-icat notes §1.4):
+- a urllib3 pool: keep-alive (one poll sweep asks `isPrepared` for every pending download) and a
+  connect/read timeout (python-icat's urllib opener has none, so a stalled IDS blocks for ever);
+- errors decoded as UTF-8 (python-icat decodes them as ASCII and raises `UnicodeDecodeError` on a
+  non-ASCII message); an IDS error JSON becomes python-icat's own exception class, anything else
+  (a proxy's HTML page) a service error carrying the status and a redacted snippet.
+`translate` then maps python-icat's exception classes to pollcat's families, and answers that are
+not IDS answers (an HTML page with status 200, `isPrepared` saying neither true nor false, a
+preparedId that is not a UUID) become `TransientServiceError`s naming the IDS, never "not ready".
+
+Every preparedId and session id is kept out of messages: `logsafe.redact` runs over every snippet
+of IDS text, and chained urllib3 exceptions (whose text quotes the URL) are dropped.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import http.client
+import io
 import json
-import socket
+import re
 import ssl
-import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
-from urllib.request import HTTPDefaultErrorHandler, HTTPHandler, HTTPSHandler, build_opener
 
-from icat.exception import IDSError, translateError
-from icat.ids import DataSelection, IDSClient
+import urllib3
+from icat.exception import (
+    IDSDataNotOnlineError,
+    IDSError,
+    IDSInternalError,
+    IDSNotFoundError,
+    IDSResponseError,
+    VersionMethodError,
+    translateError,
+)
+from icat.ids import DataSelection, IDSClient, IDSRequest
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from pollcat.errors import (
     NotReady,
     PermanentServiceError,
+    PollcatError,
     PreparedIdUnknown,
     RestoreFailed,
     ResumeNotSupported,
     TransientServiceError,
 )
+from pollcat.http import IdempotentRetry, is_transient_status, snippet
 
 T = TypeVar("T")
 SERVICE = "IDS"
+ERROR_BODY_LIMIT = 64 * 1024
+PREPARED_STATUSES = frozenset({"ONLINE", "RESTORING", "ARCHIVED"})
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-class _Utf8ErrorHandler(HTTPDefaultErrorHandler):
-    """Like python-icat's handler, but decodes UTF-8 and never loses the status code."""
-
-    def http_error_default(self, req, fp, code, msg, hdrs):
-        raw = fp.read()
-        text = raw.decode("utf-8", "replace")
-        try:
-            body = json.loads(text)
-            err = translateError(body, code, "IDS")
-        except Exception:
-            snippet = text.strip().replace("\n", " ")[:200]
-            raise _plain_error(code, snippet or str(msg)) from None
-        raise err
+def garbage(call: str, text: str, status: int | None = None) -> TransientServiceError:
+    """An answer that is not what the IDS protocol says `call` returns."""
+    return TransientServiceError(f"{call} answered something that is not an IDS answer: "
+                                 f"{snippet(text)!r}", service=SERVICE, status=status)
 
 
-def _plain_error(status: int, message: str):
-    cls = TransientServiceError if status >= 500 or status == 429 else PermanentServiceError
+def _plain_error(status: int, message: str) -> PollcatError:
+    cls = TransientServiceError if is_transient_status(status) else PermanentServiceError
     return cls(message, service=SERVICE, status=status)
 
 
-def translate(exc: BaseException) -> BaseException:
-    """Map an exception from an IDS call to pollcat's error families."""
+def _pool_options(verify: bool | str) -> dict[str, Any]:
+    """`True`: system CAs; `False`: no verification; a path: that CA bundle."""
+    if verify is True:
+        return {"ssl_context": ssl.create_default_context()}
+    if verify is False:
+        return {"cert_reqs": "CERT_NONE", "assert_hostname": False}
+    return {"ca_certs": str(verify)}
+
+
+# One more try for a GET whose connection broke before any answer (typically a pooled connection
+# the IDS had just closed); never for a POST, never on an answer: a 503 is the IDS speaking.
+STALE_CONNECTION_RETRY = IdempotentRetry(total=1, connect=1, read=1, status=0, other=0,
+                                         redirect=0, raise_on_status=False)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (`https_proxy`, `no_proxy`, ...), as urllib's
+    default opener, which python-icat uses, would pick it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+class PooledOpener:
+    """What python-icat calls as `opener.open(request)`, on one keep-alive urllib3 pool.
+
+    For 2xx, getData gets urllib3's streaming response; every other call gets its body read at
+    once, so the connection goes back to the pool even when python-icat never reads the answer
+    (`reset`). Raises python-icat's exception for an IDS error JSON, else a pollcat service error.
+    """
+
+    def __init__(self, *, timeout: float, verify: bool | str = True, proxy: str | None = None,
+                 maxsize: int = 64):
+        options: dict[str, Any] = {
+            "num_pools": 4, "maxsize": maxsize, "retries": STALE_CONNECTION_RETRY,
+            "timeout": urllib3.Timeout(connect=timeout, read=timeout), **_pool_options(verify)}
+        self._pool = urllib3.ProxyManager(proxy, **options) if proxy \
+            else urllib3.PoolManager(**options)
+
+    def open(self, req: urllib.request.Request) -> Any:
+        try:
+            resp = self._pool.urlopen(req.get_method(), req.full_url, body=req.data,
+                                      headers=dict(req.header_items()), redirect=False,
+                                      preload_content=False, decode_content=False)
+        except Urllib3Error as exc:  # its text quotes the URL, so it is not chained
+            raise TransientServiceError(f"cannot reach the IDS: {snippet(str(exc), 300)}",
+                                        service=SERVICE) from None
+        if resp.status >= 400:
+            raise _error_from(resp)
+        if urllib.parse.urlsplit(req.full_url).path.endswith("/getData"):
+            return resp
+        try:
+            return _Answer(resp.read(), resp.status, resp.headers)
+        finally:
+            resp.release_conn()
+
+    def clear(self) -> None:
+        self._pool.clear()
+
+
+class _Answer(io.BytesIO):
+    """A short IDS answer, already read: what python-icat needs of a response."""
+
+    def __init__(self, data: bytes, status: int, headers: Any):
+        super().__init__(data)
+        self.status = status
+        self.headers = headers
+
+
+def _error_from(resp: urllib3.BaseHTTPResponse) -> Exception:
+    try:
+        text = resp.read(ERROR_BODY_LIMIT).decode("utf-8", "replace")
+    except Urllib3Error as exc:  # the answer itself broke off: that says nothing yet
+        return TransientServiceError(
+            f"the IDS answered {resp.status}, then its message broke off: "
+            f"{type(exc).__name__}", service=SERVICE, status=resp.status)
+    finally:
+        resp.release_conn()
+    try:
+        body = json.loads(text)
+        return translateError(body, resp.status, "IDS")
+    except Exception:  # noqa: BLE001 - not an IDS error JSON (HTML from a proxy, unknown code)
+        return _plain_error(resp.status, snippet(text) or f"HTTP {resp.status}")
+
+
+class PollcatIdsClient(IDSClient):
+    """python-icat's `IDSClient`, constructed normally, on a `PooledOpener`.
+
+    `IDSClient.__init__` assigns its own urllib opener and at once calls `version()` through it.
+    The `opener` property routes that assignment to pollcat's opener, so even the constructor's
+    call has a timeout; `apiversion` and everything else are python-icat's.
+    """
+
+    def __init__(self, url: str, opener: PooledOpener):
+        self._pollcat_opener = opener
+        super().__init__(url)
+
+    @property
+    def opener(self) -> PooledOpener:
+        return self._pollcat_opener
+
+    @opener.setter
+    def opener(self, _python_icat_opener: Any) -> None:
+        """python-icat's default opener (no timeout, ASCII-only errors) is not used."""
+
+    def isPrepared(self, preparedId: str) -> bool:  # noqa: N802,N803 - python-icat's names
+        """Strict: python-icat reads anything but "true" (an HTML page, say) as False."""
+        req = IDSRequest(self.url + "isPrepared", {"preparedId": preparedId})
+        resp = self.opener.open(req)
+        text = resp.read().decode("utf-8", "replace").strip()
+        if text.lower() not in ("true", "false"):
+            raise garbage("isPrepared", text, resp.status)
+        return text.lower() == "true"
+
+
+def translate(exc: BaseException, *, prepared_id: bool = False) -> BaseException:
+    """Map an exception from an IDS call to pollcat's families, by python-icat's classes.
+
+    `prepared_id`: the call named a preparedId, so a 404 means the IDS forgot it.
+    """
+    if isinstance(exc, PollcatError):
+        return exc
     if isinstance(exc, IDSError):
         status = getattr(exc, "status", None) or 500
-        code = getattr(exc, "type", None) or type(exc).__name__
-        message = getattr(exc, "message", None) or str(exc)
-        if status == 404 and "preparedId" in message:
-            return PreparedIdUnknown(message, service=SERVICE, status=status, code=code)
-        if status == 500 and "Restore failed" in message:
-            return RestoreFailed(message, service=SERVICE, status=status, code=code)
-        if status == 503:
-            return NotReady(message, service=SERVICE, status=status, code=code)
-        if status >= 500:
-            return TransientServiceError(message, service=SERVICE, status=status, code=code)
-        return PermanentServiceError(message, service=SERVICE, status=status, code=code)
-    if isinstance(exc, urllib.error.HTTPError):
-        return _plain_error(exc.code, str(exc.reason))
-    if isinstance(exc, (urllib.error.URLError, OSError, http.client.HTTPException,
-                        socket.timeout)):
-        reason = getattr(exc, "reason", exc)
-        return TransientServiceError(f"cannot reach the IDS: {reason}", service=SERVICE)
+        kw = {"service": SERVICE, "status": status, "code": getattr(exc, "type", None)}
+        message = _message(exc)
+        if isinstance(exc, IDSDataNotOnlineError):
+            return NotReady(message, **kw)
+        if isinstance(exc, IDSNotFoundError) and prepared_id:
+            return PreparedIdUnknown(message, **kw)
+        # The IDS reports a failed restore only as an InternalException with this text
+        if isinstance(exc, IDSInternalError) and "Restore failed" in message:
+            return RestoreFailed(message, **kw)
+        if is_transient_status(status):
+            return TransientServiceError(message, **kw)
+        return PermanentServiceError(message, **kw)
+    if isinstance(exc, VersionMethodError):
+        return PermanentServiceError(f"the IDS is too old: {exc}", service=SERVICE)
+    if isinstance(exc, IDSResponseError):
+        return garbage("the IDS", str(exc))
+    if isinstance(exc, (ValueError, KeyError, TypeError)):
+        # JSONDecodeError, UnicodeDecodeError (python-icat decodes answers as ASCII), a JSON
+        # without the promised field: the answer was not an IDS answer
+        return garbage("the IDS", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (Urllib3Error, OSError)):
+        return TransientServiceError(f"cannot reach the IDS: {snippet(str(exc))}",
+                                     service=SERVICE)
     return exc
 
 
-def _call(fn: Callable[[], T]) -> T:
+def _message(exc: IDSError) -> str:
+    return snippet(getattr(exc, "message", None) or str(exc), 500)
+
+
+def _call(fn: Callable[[], T], *, prepared_id: bool = False) -> T:
     try:
         return fn()
-    except (TransientServiceError, PermanentServiceError):
-        raise
     except Exception as exc:  # noqa: BLE001 - translated, never swallowed
-        mapped = translate(exc)
+        mapped = translate(exc, prepared_id=prepared_id)
         if mapped is exc:
             raise
-        raise mapped from exc
-
-
-def ssl_context(verify: bool | str) -> ssl.SSLContext | None:
-    """`True`: system CAs; `False`: no verification; a path: that CA bundle."""
-    if verify is True:
-        return None
-    if verify is False:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(verify))
+        raise mapped from None  # the original's text may quote a URL with an id in it
 
 
 class RangedResponse:
-    """A getData body that starts at the requested offset (a `Readable` for the transfer)."""
+    """A getData body that starts at the requested offset (a `Readable` for the transfer).
 
-    def __init__(self, resp: http.client.HTTPResponse):
+    A stalled body raises TransientServiceError (the read timeout passed); a connection that
+    breaks or ends short of its length raises ConnectionError, a broken connection to reopen.
+    """
+
+    def __init__(self, resp: urllib3.BaseHTTPResponse):
         self._resp = resp
         self.headers = resp.headers
         self.status = resp.status
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self._resp.read(n)
-        except TimeoutError as exc:
+            return self._resp.read(None if n is None or n < 0 else n)
+        except ReadTimeoutError:
             raise TransientServiceError("IDS stream stalled (read timeout)",
-                                        service=SERVICE) from exc
+                                        service=SERVICE) from None
+        except (ProtocolError, Urllib3Error) as exc:
+            raise ConnectionError(f"IDS stream broke: {snippet(str(exc))}") from None
 
     def close(self) -> None:
         self._resp.close()
@@ -129,29 +267,26 @@ class IdsGateway:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.verify = verify
-        self._client: IDSClient | None = None
+        self._opener = PooledOpener(timeout=timeout, verify=verify,
+                                    proxy=proxy_for(self.base_url))
+        self._client: PollcatIdsClient | None = None
 
     @property
     def url(self) -> str:
         return self.base_url + "/ids"
 
-    def _base(self) -> IDSClient:
+    def _base(self) -> PollcatIdsClient:
         if self._client is None:
-            ctx = ssl_context(self.verify)
-            client = IDSClient.__new__(IDSClient)
-            client.url = self.url + "/"
-            client.sessionId = None
-            opener = build_opener(HTTPHandler, HTTPSHandler(context=ctx), _Utf8ErrorHandler)
-            opener.open = functools.partial(opener.open, timeout=self.timeout)  # type: ignore
-            client.opener = opener
-            _call(lambda: client.version())
-            self._client = client
+            self._client = _call(lambda: PollcatIdsClient(self.url, self._opener))
         return self._client
 
-    def _with_session(self, session_id: str | None) -> IDSClient:
+    def _with_session(self, session_id: str | None) -> PollcatIdsClient:
         client = copy.copy(self._base())
         client.sessionId = session_id
         return client
+
+    def close(self) -> None:
+        self._opener.clear()
 
     # -- calls --
     def version(self) -> str:
@@ -166,7 +301,7 @@ class IdsGateway:
         return _call(lambda: self._with_session(session_id).getServiceStatus())
 
     def is_prepared(self, prepared_id: str) -> bool:
-        return bool(_call(lambda: self._base().isPrepared(prepared_id)))
+        return _call(lambda: self._base().isPrepared(prepared_id), prepared_id=True)
 
     def prepare(self, session_id: str, *, investigation_ids: Iterable[int] = (),
                 dataset_ids: Iterable[int] = (), datafile_ids: Iterable[int] = (),
@@ -175,16 +310,25 @@ class IdsGateway:
                              "datasetIds": list(dataset_ids),
                              "datafileIds": list(datafile_ids)})
         client = self._with_session(session_id)
-        return str(_call(lambda: client.prepareData(sel, zipFlag=zip))).strip()
+        answer = str(_call(lambda: client.prepareData(sel, zipFlag=zip))).strip()
+        if not _UUID.match(answer):
+            raise garbage("prepareData", answer)
+        return answer
 
     def reset(self, prepared_id: str) -> None:
-        _call(lambda: self._base().reset(prepared_id))
+        _call(lambda: self._base().reset(prepared_id), prepared_id=True)
 
     def datafile_ids(self, prepared_id: str) -> list[int]:
-        return [int(i) for i in _call(lambda: self._base().getDatafileIds(prepared_id))]
+        ids = _call(lambda: self._base().getDatafileIds(prepared_id), prepared_id=True)
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise garbage("getDatafileIds", repr(ids)[:200])
+        return ids
 
     def status(self, prepared_id: str) -> str:
-        return str(_call(lambda: self._base().getStatus(prepared_id)))
+        answer = str(_call(lambda: self._base().getStatus(prepared_id), prepared_id=True))
+        if answer not in PREPARED_STATUSES:
+            raise garbage("getStatus", answer)
+        return answer
 
     def get_datafile(self, session_id: str, datafile_id: int, offset: int = 0) -> RangedResponse:
         """One raw datafile (direct form); the body starts exactly at `offset`."""
@@ -195,7 +339,8 @@ class IdsGateway:
 
     def get_prepared(self, prepared_id: str, offset: int = 0) -> RangedResponse:
         """The prepared selection's stream (a zip when the preparation asked for one)."""
-        resp = _call(lambda: self._base().getData(prepared_id, offset=offset))
+        resp = _call(lambda: self._base().getData(prepared_id, offset=offset),
+                     prepared_id=True)
         return _check_range(resp, offset)
 
 

@@ -3,7 +3,8 @@
 Every name that reaches a target comes from outside pollcat (ICAT names, TopCAT's user-typed
 `fileName`, a layout template from the configuration), so every path is checked here, component
 by component, before anything touches a filesystem. Nothing in pollcat builds a target path
-without `render_path` + `join_under`.
+without `render_path`; the target layer (`pollcat.targetfs`) then walks it below the root without
+following any link.
 
 Path rules (a component is the text between two `/`):
 
@@ -22,8 +23,7 @@ IDS ZipMapper does, so a dataset called `a/b` stays one directory and no two nam
 
 from __future__ import annotations
 
-import os
-import posixpath
+import pwd
 import re
 import string
 import unicodedata
@@ -46,6 +46,11 @@ ACCOUNT_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 USER_RULES = ("strip-prefix", "keep", "mapping-only")
 
 NAME_MAX = 255
+
+#: Names pollcat keeps for itself directly inside a download's directory: the staging directory
+#: (part files, claim, manifest temp), the receipt and the claim of older versions. A datafile
+#: rendered onto one of them is refused, so a user's file can never be taken for pollcat's.
+RESERVED_NAMES = frozenset({".pollcat", "pollcat-manifest.json", ".pollcat-claim"})
 _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
 
 
@@ -85,6 +90,18 @@ def check_relpath(rel: str) -> str:
         raise UnsafePathError(f"path {rel!r} is absolute")
     for component in rel.split("/"):
         check_component(component, where=rel)
+    return rel
+
+
+def check_not_reserved(rel: str, download_dir: str) -> str:
+    """Return `rel` unless it is, or lies under, a `RESERVED_NAMES` entry of `download_dir`."""
+    prefix = download_dir.rstrip("/") + "/" if download_dir else ""
+    if prefix and not rel.startswith(prefix):
+        raise UnsafePathError(f"path {rel!r} is outside the download directory {download_dir!r}")
+    first = rel[len(prefix):].split("/", 1)[0]
+    if first in RESERVED_NAMES:
+        raise UnsafePathError(f"path {rel!r} uses the name {first!r}, which pollcat keeps for "
+                              "itself in a download directory")
     return rel
 
 
@@ -161,12 +178,6 @@ def download_template(template: str) -> str:
     return "/".join(kept)
 
 
-def download_dir(template: str, fields: Mapping[str, object]) -> str:
-    """The download's own directory rendered (see `download_template`); "" if there is none."""
-    prefix = download_template(template)
-    return render_path(prefix, fields) if prefix else ""
-
-
 # --- users ----------------------------------------------------------------------------------
 
 
@@ -201,40 +212,37 @@ def map_user(icat_user: str, rule: str = "strip-prefix",
         account = _apply_rule(icat_user, rule)
     if account is None:
         raise InvalidUserName(f"ICAT user {icat_user!r} has no entry in the user mapping")
-    if not isinstance(account, str) or not ACCOUNT_NAME_RE.match(account):
+    if not isinstance(account, str) or not ACCOUNT_NAME_RE.fullmatch(account):
+        # fullmatch: with `match`, "$" also matches before a trailing newline ("eve\n")
         raise InvalidUserName(
             f"ICAT user {icat_user!r} maps to {account!r}, which is not a valid account name "
             f"(must match {ACCOUNT_NAME_RE.pattern}); add it to the user mapping")
+    explicit = bool(mapping) and icat_user in mapping  # type: ignore[operator]
+    if not explicit and is_system_account(account):
+        raise InvalidUserName(
+            f"ICAT user {icat_user!r} maps to the system account {account!r}; deliver to it "
+            "only through an explicit user mapping entry")
     return account
 
 
-# --- joining --------------------------------------------------------------------------------
+#: Accounts that belong to the system, not to a person, on common Linux distributions.
+SYSTEM_ACCOUNTS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "adm", "operator", "halt",
+    "shutdown", "ftp", "sshd", "_apt", "messagebus", "polkitd", "postfix", "postgres", "mysql",
+    "systemd-network", "systemd-resolve", "systemd-timesync", "systemd-coredump", "admin",
+    "administrator", "pollcat"})
 
 
-def _is_under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+def is_system_account(account: str) -> bool:
+    """A well-known system account, or a local account with a system uid (below 1000).
 
-
-def join_under(root: str, rel: str, *, local: bool = False) -> str:
-    """`root + "/" + rel`, after checking `rel` and that the result stays under `root`.
-
-    The lexical check is enough for remote filesystems (no symlinks are resolved there). For a
-    local root (`local=True`) the real paths are compared as well, so a symlink planted inside
-    the target that points elsewhere (e.g. `alice/dl -> /etc`) is refused. `os.path.realpath`
-    resolves the existing part of the path and keeps the rest, so this works before the
-    directories are created. (A symlink swapped in after the check is not caught: that needs
-    the writer to run with the user's privileges.)
+    Derived names (strip-prefix, keep) never land in such a directory: `simple/root` would
+    otherwise be delivered into `root/`, and the same name may be an SSH login elsewhere.
     """
-    if not root:
-        raise ConfigurationError("the target root is empty")
-    check_relpath(rel)
-    base = root.rstrip("/") or "/"
-    joined = f"{base}/{rel}" if base != "/" else f"/{rel}"
-    if not _is_under(posixpath.normpath(joined), posixpath.normpath(base)):
-        raise UnsafePathError(f"path {rel!r} escapes the target root {root!r}")
-    if local:
-        real_root = os.path.realpath(base)
-        if not _is_under(os.path.realpath(joined), real_root):
-            raise UnsafePathError(
-                f"path {rel!r} leaves the target root {root!r} through a symbolic link")
-    return joined
+    if account in SYSTEM_ACCOUNTS:
+        return True
+    try:
+        return pwd.getpwnam(account).pw_uid < 1000
+    except KeyError:
+        return False

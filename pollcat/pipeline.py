@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import random
-import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -31,10 +31,18 @@ from pollcat import logsafe
 from pollcat.access import AccessContext, PosixAccessHook, grant_access
 from pollcat.access.retention import cleanup_command
 from pollcat.config import PipelineConfig
-from pollcat.delivery import DeliveryPlan, plan_delivery, transfer_unless_delivered
+from pollcat.delivery import (
+    DeliveryPlan,
+    HeldByOther,
+    plan_delivery,
+    transfer_unless_delivered,
+    verify_download,
+)
+from pollcat.delivery_s3 import deliver_to_object_store, is_object_store
 from pollcat.errors import (
     AccountRefused,
     ConfigurationError,
+    DeliveryLocked,
     NotReady,
     PermanentError,
     PermanentServiceError,
@@ -42,28 +50,28 @@ from pollcat.errors import (
     PreparedIdUnknown,
     RestoreFailed,
     SessionError,
+    TargetConnectionLost,
     TargetUnavailable,
     TransientError,
     VerificationError,
 )
 from pollcat.facility import FacilityClients
 from pollcat.layout import map_user
-from pollcat.state import LedgerRecord, StateStore, fingerprint, now_iso
+from pollcat.ledger_sql import open_state_store
+from pollcat.state import LedgerRecord, fingerprint, now_iso
 from pollcat.states import DownloadStatus, OutcomeKind, Verdict
 from pollcat.topcat import Download
 from pollcat.transfer import FileResult
 
 log = logging.getLogger("pollcat.pipeline")
 
-#: ICAT session ids and preparedIds are lower-case UUIDs (IDS `validateUUID`); a reason may quote
-#: one from a service's message ("The preparedId ... is not known").
-_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
+#: What may go into a reason, the ledger or a report: no password, session id or preparedId,
+#: whoever's message quoted it ("The preparedId ... is not known").
+redact = logsafe.redact
 
-
-def redact(text: str) -> str:
-    """What may go into a reason, the ledger or a report: no password, session id or
-    preparedId, whoever's message quoted it."""
-    return _UUID.sub("<id>", logsafe.redact(text))
+#: How many times one delivery reconnects to a remote target whose connection broke, within
+#: the same sweep (the part files make it continue where it stopped).
+TARGET_RECONNECTS = 2
 
 #: How many times one delivery is started again in the same sweep after the IDS or TopCAT
 #: refused the functional account's session (the session expired mid-transfer): part files
@@ -126,7 +134,9 @@ class Pipeline:
                  hooks: Sequence[Hook] = ()):
         self.cfg = cfg
         self.clients = clients or FacilityClients(cfg.facility)
-        self.state = StateStore(cfg.state_dir, cfg.facility.facility_name)
+        self.state = open_state_store(cfg.state_dir, cfg.facility.facility_name,
+                                      cfg.ledger_url.get_secret_value() if cfg.ledger_url
+                                      else None)
         self.hooks = list(hooks)
         self._held: dict[str, str] = {}  # target URL -> why it is held, for this sweep
         self._globus: dict[str, Any] = {}  # target URL -> GlobusGrants (one login per target)
@@ -219,8 +229,21 @@ class Pipeline:
         if attempts > self.cfg.max_prepare_attempts:
             raise PermanentError(f"gave up after {attempts - 1} preparations ({why})",
                                  download_id=d.id)
-        self.state.update(d.id, prepare_attempts=attempts, last_error=redact(why))
         log.warning("download %s: preparing again (%s), attempt %d", d.id, redact(why), attempts)
+        try:
+            pid = self._prepare_once(d)
+        except TransientError as exc:
+            # a prepare of a large selection can outlive the HTTP timeout; TopCAT (or the IDS)
+            # may still finish it, and the next sweep re-reads the download: not an attempt
+            log.warning("download %s: preparing did not answer in time (%s); the next sweep "
+                        "looks again, attempt not counted", d.id, redact(str(exc)))
+            raise
+        self.state.update(d.id, prepare_attempts=attempts, last_error=redact(why))
+        return pid
+
+    def _prepare_once(self, d: Download) -> str:
+        """TopCAT's admin prepare where it has one (3.1+), else `prepareData` with the
+        functional account, whose preparedId pollcat then keeps (apart from the ledger)."""
         if self.topcat.prepare(d.id):
             fresh = self.topcat.get(d.id)
             if fresh and fresh.prepared_id and fresh.prepared_id != d.prepared_id:
@@ -245,9 +268,16 @@ class Pipeline:
         with self.state.lock(d.id) as mine:
             if not mine:
                 return self._outcome(d, OutcomeKind.LOCKED, "another worker is delivering it")
-            for restart in range(SESSION_RESTARTS + 1):
+            token, reconnects, restart = uuid.uuid4().hex, 0, 0
+            while True:
                 try:
-                    return self._deliver_locked(d, prepared_id, on_progress)
+                    return self._deliver_locked(d, prepared_id, on_progress, token)
+                except TargetConnectionLost as exc:
+                    if reconnects == TARGET_RECONNECTS:
+                        return self.fail(d, exc)
+                    reconnects += 1
+                    log.warning("download %s: %s; reconnecting (%d/%d)", d.id,
+                                redact(exc.message), reconnects, TARGET_RECONNECTS)
                 except (SessionError, PermanentServiceError) as exc:
                     if not _refused_session(exc):
                         return self.fail(d, exc)
@@ -260,16 +290,20 @@ class Pipeline:
                     log.warning("download %s: %s refused the session; logging in again and "
                                 "continuing", d.id, exc.service)
                     self.clients.icat.invalidate()
+                    restart += 1
                 except ConfigurationError:
                     raise
+                except DeliveryLocked as exc:
+                    return self._outcome(d, OutcomeKind.LOCKED, redact(exc.message))
                 except NotReady as exc:
-                    return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
+                    return self.waiting(d, redact(exc.message))
                 except Exception as exc:  # noqa: BLE001 - isolation
                     return self.fail(d, exc)
         raise AssertionError("unreachable")
 
     def _deliver_locked(self, d: Download, prepared_id: str,
-                        on_progress: Callable[[int, int], None] | None) -> Outcome:
+                        on_progress: Callable[[int, int], None] | None,
+                        token: str | None = None) -> Outcome:
         t0 = time.monotonic()
         fresh = self.topcat.get(d.id)
         if fresh is None or fresh.is_deleted or fresh.status not in (
@@ -280,15 +314,24 @@ class Pipeline:
         if fresh.status == DownloadStatus.COMPLETE and \
                 self.state.get(d.id).verdict == Verdict.COMPLETED:
             return self._outcome(d, OutcomeKind.SKIPPED, "already completed")
-        plan = plan_delivery(fresh, self.cfg.routes[fresh.transport], self.facility_name,
-                             self.clients, prepared_id)
-        total = sum(j.size for j in plan.jobs)
-        results = transfer_unless_delivered(plan, prepared_id, self.clients,
-                                            self.facility_name, total, on_progress)
+        target = self.cfg.routes[fresh.transport]
+        if is_object_store(target):
+            plan, results = deliver_to_object_store(fresh, target, self.facility_name,
+                                                    self.clients, prepared_id, on_progress)
+            link = plan.link
+            total = sum(j.size for j in plan.jobs)
+        else:
+            plan = plan_delivery(fresh, target, self.facility_name, self.clients, prepared_id,
+                                 token=token)
+            if isinstance(plan, HeldByOther):  # a worker on another host writes it right now
+                return self._outcome(d, OutcomeKind.LOCKED, plan.reason)
+            total = sum(j.size for j in plan.jobs)
+            results = transfer_unless_delivered(plan, prepared_id, self.clients,
+                                                self.facility_name, total, on_progress)
+            self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
+            link = self._grant_globus(fresh, plan)
         for hook in self.hooks:
             hook(plan, results)
-        self._grant_access(fresh, plan)  # before COMPLETE: never announce unreadable data
-        link = self._grant_globus(fresh, plan)
         self.state.update(d.id, verdict=Verdict.DELIVERED, path=plan.download_dir,
                           transport=fresh.transport, files=len(plan.jobs), bytes=total,
                           mismatch_count=0, mismatch_signature="",
@@ -314,8 +357,12 @@ class Pipeline:
             account=map_user(d.user_name, plan.target.user_rule, plan.target.user_map),
             root=plan.root, download_dir=plan.download_dir,
             files=[j.rel_path for j in plan.jobs])
-        grant_access(PosixAccessHook(policy), ctx, record=lambda action: self._record_grant(
-            d.id, action))
+        hook = PosixAccessHook(policy)
+        if plan.target.helper_target is not None:  # a remote target: the server's helper
+            from pollcat.access.sftp import SshHelperHook
+
+            hook = SshHelperHook(policy, plan.target.helper_target)
+        grant_access(hook, ctx, record=lambda action: self._record_grant(d.id, action))
 
     def _grant_globus(self, d: Download, plan: DeliveryPlan) -> str | None:
         """Globus targets: a read rule for the user's identity on the delivery's folder
@@ -331,14 +378,12 @@ class Pipeline:
         grant = grants.grant(plan.download_dir, d.user_name, email=d.email, download_id=d.id)
         record = {"download_id": d.id, "hook": "globus", "kind": "grant-globus-acl",
                   **grant.record()}
-        rec = self.state.get(d.id)
-        if not any(g.get("rule_id") == grant.rule_id for g in rec.grants):
-            self.state.update(d.id, grants=[*rec.grants, record])
+        self.state.update(d.id, grants=lambda r: r.grants if any(
+            g.get("rule_id") == grant.rule_id for g in r.grants) else [*r.grants, record])
         return grant.link
 
     def _record_grant(self, download_id: int, action: dict) -> None:
-        rec = self.state.get(download_id)
-        self.state.update(download_id, grants=[*rec.grants, action])
+        self.state.update(download_id, grants=lambda r: [*r.grants, action])
 
     def cleanup(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> int:
         """Retention: remove deliveries older than their target's `retention_days` and revoke
@@ -360,9 +405,28 @@ class Pipeline:
                 record=lambda r: self._record_removal(r))
         return status
 
+    def verify(self, out: Callable[[str], None] = print) -> int:
+        """Re-read every delivered download's files on its target against its manifest (size
+        and CRC32): a COMPLETE download whose files went missing or changed is reported (exit
+        code 1), never silently trusted. Changes nothing."""
+        bad = 0
+        for rec in self.state.records():
+            target = self.cfg.routes.get(rec.transport)
+            if rec.verdict not in (Verdict.DELIVERED, Verdict.COMPLETED) or target is None \
+                    or rec.removed:
+                continue
+            check = verify_download(target, rec.path)
+            out(f"download {rec.download_id}: {'ok' if check.ok else 'PROBLEM'}: "
+                f"{check.summary()}")
+            if not check.ok:
+                bad += 1
+                log.error("download %s: delivered files do not match the manifest: %s",
+                          rec.download_id, check.summary())
+        out(f"summary: {bad} download(s) with problems")
+        return 1 if bad else 0
+
     def _record_removal(self, result: dict) -> None:
-        rec = self.state.get(int(result["download_id"]))
-        self.state.update(rec.download_id, removed=[*rec.removed, result])
+        self.state.update(int(result["download_id"]), removed=lambda r: [*r.removed, result])
 
     def _complete(self, d: Download, plan: DeliveryPlan, link: str | None = None) -> None:
         if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit
@@ -400,7 +464,7 @@ class Pipeline:
         if isinstance(exc, ConfigurationError):
             raise exc
         if isinstance(exc, NotReady):
-            return self._outcome(d, OutcomeKind.WAITING, redact(exc.message))
+            return self.waiting(d, redact(exc.message))
         if isinstance(exc, PollcatError):
             exc.with_context(download_id=d.id)
         reason = redact(str(exc) if isinstance(exc, PollcatError)
@@ -454,8 +518,16 @@ class Pipeline:
             return None
         return self.expire(d, rec.reason or "expired earlier by pollcat")
 
-    def waiting(self, d: Download) -> Outcome:
-        return self._outcome(d, OutcomeKind.WAITING, "the IDS is still restoring the data")
+    def waiting(self, d: Download, reason: str = "the IDS is still restoring the data"
+                ) -> Outcome:
+        """Not ready yet; past the waiting deadline (a restore that never finishes, data the
+        IDS keeps evicting) the wait ends with a verdict an operator sees."""
+        rec = self.state.seen(d.id)
+        waited = datetime.now(UTC) - datetime.fromisoformat(rec.first_seen)
+        if waited > timedelta(hours=self.cfg.waiting_deadline_hours):
+            return self.expire(d, f"the IDS did not have the data online within "
+                                  f"{self.cfg.waiting_deadline_hours:g} h ({reason})")
+        return self._outcome(d, OutcomeKind.WAITING, reason)
 
     def forget(self, download_id: int) -> None:
         """Clear pollcat's verdict and counters for a download (an admin's resume, or an
@@ -503,7 +575,29 @@ class Pipeline:
             if submit is None:
                 def submit(d: Download, pid: str) -> Future[Outcome]:
                     return local.submit(contextvars.copy_context().run, self.deliver, d, pid)
-            return _Sweep(self, list(downloads), submit, deadline).run()
+            outcomes = _Sweep(self, list(downloads), submit, deadline).run()
+        self._remember(outcomes)
+        return outcomes
+
+    def _remember(self, outcomes: Sequence[Outcome]) -> None:
+        """Keep each download's latest outcome and since when it holds (for the status an
+        operator reads: "waiting since Monday"); written only when it changes."""
+        for o in outcomes:
+            rec = self.state.get(o.download_id)
+            if rec.outcome != o.outcome:
+                self.state.update(o.download_id, outcome=str(o.outcome),
+                                  outcome_since=now_iso())
+
+    def status_rows(self, limit: int = 1000) -> list[dict]:
+        """Every download pollcat knows, newest first: what it is doing and why."""
+        rows = []
+        for rec in sorted(self.state.records(), key=lambda r: -r.download_id)[:limit]:
+            rows.append({
+                "download_id": rec.download_id, "transport": rec.transport,
+                "state": str(rec.verdict or rec.outcome or "seen"),
+                "since": rec.outcome_since or rec.first_seen, "first_seen": rec.first_seen,
+                "files": rec.files, "reason": redact(rec.reason or rec.last_error)})
+        return rows
 
     def run_one(self, d: Download, budget_s: float | None = None,
                 submit: Submit | None = None) -> Outcome:

@@ -16,21 +16,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-import fsspec
 from fsspec.core import url_to_fs
 
 from pollcat.catalog import DatafileInfo
-from pollcat.errors import PermanentError, PollcatError, TransientError
+from pollcat.errors import (
+    DeliveryLocked,
+    NotReady,
+    PermanentError,
+    PollcatError,
+    TargetUnavailable,
+    TransientError,
+    VerificationError,
+)
 from pollcat.ids import IdsGateway
+from pollcat.storage import link_or_copy
+from pollcat.targetfs import TargetFS
 from pollcat.transfer import (
     FileJob,
     FileResult,
-    link_or_copy,
+    PlaceGuard,
+    is_connection_loss,
     run_jobs,
     write_file,
     write_stream_entry,
 )
-from pollcat.zipstream import iter_entries
+from pollcat.unzip import iter_entries
 
 log = logging.getLogger("pollcat.sources")
 ZIP_RESTARTS = 3
@@ -38,14 +48,21 @@ ZIP_RESTARTS = 3
 
 @dataclass
 class TransferContext:
+    """What a source needs to fill one download's directory.
+
+    `target` is the no-follow target layer, `staging` the download's pollcat-owned staging
+    directory (root-relative) and `before_place` the claim check run before each placement.
+    """
+
     download_id: int
     prepared_id: str
     ids: IdsGateway
     session_id: Callable[[], str]
-    fs: fsspec.AbstractFileSystem
-    root: str
+    target: TargetFS
+    staging: str
     concurrency: int
     on_progress: Callable[[int], None] | None = None
+    before_place: PlaceGuard | None = None
 
 
 class Source:
@@ -63,9 +80,9 @@ class DirectSource(Source):
     def transfer(self, ctx, jobs, infos):
         for job in jobs:
             job.open = _opener(ctx, job.datafile_id)
-        return run_jobs(jobs, lambda job: write_file(ctx.fs, ctx.root, job,
-                                                     on_progress=ctx.on_progress),
-                        concurrency=ctx.concurrency)
+        return run_jobs(jobs, lambda job: write_file(
+            ctx.target, job, staging=ctx.staging, on_progress=ctx.on_progress,
+            before_place=ctx.before_place), concurrency=ctx.concurrency)
 
 
 def _opener(ctx: TransferContext, datafile_id: int):
@@ -88,7 +105,9 @@ class StorageSource(Source):
             if not location:
                 raise PermanentError("datafile has no location in ICAT", datafile=job.name)
             src = self.src_root.rstrip("/") + "/" + _strip_digest(location)
-            return link_or_copy(self.src_fs, src, ctx.fs, ctx.root, job, hardlink=self.hardlink)
+            return link_or_copy(self.src_fs, src, ctx.target, job, staging=ctx.staging,
+                                hardlink=self.hardlink, on_progress=ctx.on_progress,
+                                before_place=ctx.before_place)
         return run_jobs(jobs, one, concurrency=ctx.concurrency)
 
 
@@ -114,8 +133,10 @@ class PreparedZipSource(Source):
                 self._one_pass(ctx, by_path, by_name, results)
                 last_error = None
                 break
-            except TransientError as exc:
+            except (TransientError, NotReady, DeliveryLocked) as exc:
                 last_error = exc
+                if not _worth_restarting(exc):
+                    break  # a service answer (503 not online) or the target: no tight loop
                 log.warning("download %s: zip stream broke (attempt %d/%d): %s; restarting "
                             "from byte 0", ctx.download_id, attempt, ZIP_RESTARTS, exc)
         out: list[FileResult | BaseException] = []
@@ -137,16 +158,25 @@ class PreparedZipSource(Source):
                     continue
                 try:
                     results[job.datafile_id] = write_stream_entry(
-                        ctx.fs, ctx.root, job, entry.iter_chunks())
+                        ctx.target, job, entry.iter_chunks(), staging=ctx.staging,
+                        before_place=ctx.before_place)
                     if ctx.on_progress:
                         ctx.on_progress(job.size)
                 except PollcatError as exc:
-                    if isinstance(exc, TransientError):
+                    if isinstance(exc, TransientError | NotReady | DeliveryLocked):
                         raise
                     results[job.datafile_id] = exc
                     entry.skip()
         finally:
             resp.close()
+
+
+def _worth_restarting(exc: PollcatError) -> bool:
+    """A lost connection or bytes that failed verification: fetch the zip again. Not a
+    service's answer (503 data not online), a full target or a lost claim."""
+    if isinstance(exc, TargetUnavailable | DeliveryLocked | NotReady):
+        return False
+    return isinstance(exc, VerificationError) or is_connection_loss(exc)
 
 
 def _match_entry(entry_name: str, by_path, by_name) -> FileJob | None:

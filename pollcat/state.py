@@ -52,6 +52,8 @@ class LedgerRecord:
     verdict: Verdict | None = None
     reason: str = ""
     expired_in_topcat: bool = False  # TopCAT accepted EXPIRED (a later RESTORING is a resume)
+    outcome: str = ""  # the last sweep's outcome for it (waiting, retry, held, ...)
+    outcome_since: str = ""  # since when that outcome holds
     prepare_attempts: int = 0
     restore_failures: int = 0
     prepared_from: str = ""  # fingerprint of TopCAT's preparedId when pollcat prepared its own
@@ -126,7 +128,9 @@ class StateStore:
         for key, value in fields.items():
             if not hasattr(rec, key):
                 raise AttributeError(f"the ledger has no field {key!r}")
-            setattr(rec, key, value)
+            # a function of the current record: an increment or an append that the SQL store
+            # evaluates inside its transaction (here the per-download lock serialises writers)
+            setattr(rec, key, value(rec) if callable(value) else value)
         rec.first_seen = rec.first_seen or now_iso()
         rec.updated = now_iso()
         path = self._path(download_id)

@@ -2,13 +2,20 @@
 
 Discipline for every file, whatever the source:
 
-* the bytes go to `.<name>.pollcat-part` in the final directory, and only a file whose size and
-  CRC32 match ICAT is renamed into place, so a final name on a target always means "verified";
+* the bytes go to a part file named after the datafile *id* (`<id>.pollcat-part`) in the
+  download's pollcat-owned staging directory (`targetfs.STAGING_NAME`), so a part name can never
+  be another datafile's name, and nobody else can write into it;
+* only a part whose size and CRC32 match ICAT is placed, by one atomic rename over the final
+  name, so a final name on a target always means "verified". On local targets the CRC32 that
+  decides is read back from the part file itself just before the rename;
 * a final file that already matches is left alone (a rerun costs a read, not a download), and a
-  wrong one is removed before the rename, so reruns never make `_2` copies;
-* a broken connection reopens the source at the current offset (HTTP `Range`), and a part file
-  left by a crashed run is continued, so a 2 TB file is not fetched twice for one network hiccup;
-* every path goes through `layout.join_under`, so nothing is written outside the target root.
+  wrong one is replaced by the rename, so reruns never make `_2` copies;
+* a broken connection reopens the source at the current offset (HTTP `Range`) after a short
+  backoff, and a part file left by a crashed run is continued. An *answer* from the service
+  (503 "data not online", 5xx) is not a broken connection: it is raised at once, keeping the
+  part file, so the download waits instead of hammering the IDS;
+* a full, over-quota or read-only target (`TargetUnavailable`) removes the attempt's part file;
+* every path goes through `targetfs`, which never follows a link below the target root.
 
 Many files run in one task with a bounded thread pool (`run_jobs`): a task per file would mean
 thousands of Prefect task runs for one download.
@@ -16,32 +23,29 @@ thousands of Prefect task runs for one download.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import http.client
 import logging
-import os
 import posixpath
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import IO, Protocol, TypeVar
 
 from pollcat.errors import (
     ChecksumMismatch,
+    PermanentError,
     PollcatError,
     ResumeNotSupported,
     SizeMismatch,
-    TargetError,
+    TargetUnavailable,
     TransientError,
     TruncatedStream,
     VerificationError,
 )
-from pollcat.layout import NAME_MAX, join_under
+from pollcat.layout import check_relpath
+from pollcat.targetfs import STAGING_NAME, TargetFS, fsync, target_errors
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,9 @@ except ImportError:  # pragma: no cover
     _Urllib3Error = OSError  # type: ignore[assignment,misc]
 
 #: Errors from the source that mean "the connection broke": reopen at the current offset.
-BROKEN_CONNECTION: tuple[type[BaseException], ...] = (
-    OSError, http.client.HTTPException, _Urllib3Error, TransientError)
-
-#: errno values that mean the target itself refuses (retrying will not help).
-_TARGET_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-                    errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG}
+#: pollcat's own TransientErrors count only when they carry no HTTP status (see `_is_broken`).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, http.client.HTTPException, _Urllib3Error)
 
 
 class Readable(Protocol):
@@ -85,6 +86,10 @@ class FileJob:
     size: int
     checksum: str | None = None
     open: Callable[[int], Readable] | None = None
+    #: ICAT cannot vouch for this file (no CRC32): its bytes come from a stream that carries
+    #: its own integrity data (the prepared zip's entry size and CRC32, checked while
+    #: unzipping), so ICAT's possibly stale or zero `fileSize` is not compared.
+    trust_stream: bool = False
 
 
 @dataclass
@@ -106,7 +111,32 @@ class FileResult:
     fetched: int = 0
 
 
-# --- small helpers --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reopen:
+    """How often, and how patiently, a broken connection is reopened within one attempt.
+
+    The delay doubles from `first_delay_s` up to `max_delay_s`: a flapping link gets time to
+    recover, and the IDS is not hit in a tight loop. Beyond `max_resumes` the attempt gives up
+    (the part file is kept for the next sweep).
+    """
+
+    max_resumes: int = 5
+    first_delay_s: float = 0.5
+    max_delay_s: float = 15.0
+
+    def delay(self, reopening: int) -> float:
+        return min(self.max_delay_s, self.first_delay_s * 2 ** max(0, reopening - 1))
+
+
+DEFAULT_REOPEN = Reopen()
+_sleep = time.sleep  # tests replace this, not the time module
+
+#: Called just before a verified file is placed; raises if this worker may no longer write
+#: the download (its claim was taken over).
+PlaceGuard = Callable[[], None]
+
+
+# --- checksums ------------------------------------------------------------------------------
 
 
 def parse_crc(expected_hex: str | None) -> int | None:
@@ -143,185 +173,55 @@ def format_crc(crc_int: int) -> str:
     return format(crc_int, "x")
 
 
-def is_local(fs: Any) -> bool:
-    """Whether an fsspec filesystem is the local one (symlinks and hard links apply)."""
-    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocol or "local" in protocol
-
-
-def part_name(final: str) -> str:
-    """`dir/.name.pollcat-part`, hashed if the name would get too long for the filesystem."""
-    parent, base = posixpath.split(final)
-    name = f".{base}{PART_SUFFIX}"
-    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
-        digest = hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        name = f".{digest}{PART_SUFFIX}"
-    return posixpath.join(parent, name)
-
-
-def _paths(fs: Any, root: str, job: FileJob) -> tuple[str, str]:
-    final = join_under(root, job.rel_path, local=is_local(fs))
-    return final, part_name(final)
-
-
-#: SFTP status codes (draft-ietf-secsh-filexfer) → errno. OpenSSH speaks SFTP v3, where every
-#: errno but ENOENT/EACCES/EPERM becomes the generic FX_FAILURE (4), see `_sftp_errno`.
-_SFTP_ERRNO = {2: errno.ENOENT, 3: errno.EACCES, 10: errno.ENOENT, 11: errno.EEXIST,
-               12: errno.EROFS, 14: errno.ENOSPC, 15: errno.EDQUOT, 18: errno.ENOTEMPTY,
-               19: errno.ENOTDIR, 20: errno.EINVAL, 21: errno.ELOOP, 22: errno.EACCES,
-               24: errno.EISDIR}
-
-
-def _sftp_errno(code: int, reason: str) -> int:
-    if code in _SFTP_ERRNO:
-        return _SFTP_ERRNO[code]
-    if code == 4 and reason.endswith("is not a directory"):  # asyncssh's makedirs, SFTP v3
-        return errno.ENOTDIR
-    if code == 4 and reason.endswith("already exists"):
-        return errno.EEXIST
-    return errno.EIO  # FX_FAILURE "Failure" may be a full disk or a glitch: retried
-
-
-def as_os_error(exc: BaseException) -> OSError | None:
-    """`exc` as an OSError when it is a filesystem failure; None if it is something else.
-
-    sshfs lets most of asyncssh's SFTP errors through unchanged (only "no such file" becomes
-    FileNotFoundError): they carry an SFTP status code, not an errno, and are no OSErrors. A
-    lost SSH connection becomes ECONNRESET (transient).
-    """
-    if isinstance(exc, OSError):
-        return exc
-    asyncssh = sys.modules.get("asyncssh")  # only loaded when an SFTP target is in use
-    if asyncssh is None or not isinstance(exc, asyncssh.Error):
-        return None
-    reason = str(getattr(exc, "reason", "") or exc)
-    if isinstance(exc, asyncssh.SFTPError):
-        code = _sftp_errno(exc.code, reason)
-    else:  # DisconnectError, ConnectionLost, ChannelOpenError, ...
-        code = errno.ECONNRESET
-    return OSError(code, reason or os.strerror(code))
-
-
-def _target_error(exc: OSError, path: str, datafile: str | None) -> PollcatError:
-    """Permissions, read-only, full: permanent TargetError; anything else may be a network fs."""
-    if isinstance(exc, PermissionError) or exc.errno in _TARGET_REFUSALS:
-        return TargetError(f"target refused {path!r}: {exc}", datafile=datafile)
-    return TransientError(f"target failed on {path!r}: {exc}", datafile=datafile)
-
-
-@contextmanager
-def target_errors(path: str, datafile: str | None = None) -> Iterator[None]:
-    """Turn OSErrors (and SFTP errors, see `as_os_error`) from target operations into
-    TargetError (refusals) / TransientError."""
-    try:
-        yield
-    except OSError as exc:
-        raise _target_error(exc, path, datafile) from exc
-    except Exception as exc:
-        os_error = as_os_error(exc)
-        if os_error is None:
-            raise
-        raise _target_error(os_error, path, datafile) from exc
-
-
-def make_dirs(fs: Any, path: str) -> None:
-    """`fs.makedirs(path, exist_ok=True)`, reporting why when a missing parent is refused.
-
-    Over SFTP, asyncssh's makedirs passes over a parent it may not create and then fails on
-    the next one with "No such file", which would look transient. Then the first missing
-    ancestor is created on its own, so the real refusal ("Permission denied: '<dir>'") shows.
-    """
-    try:
-        fs.makedirs(path, exist_ok=True)
-        return
-    except FileNotFoundError:
-        missing = path
-        while (parent := posixpath.dirname(missing)) not in ("", missing) \
-                and not fs.exists(parent):
-            missing = parent
-        try:
-            fs.mkdir(missing, create_parents=False)
-        except Exception as exc:
-            os_error = as_os_error(exc)
-            if os_error is None or os_error.errno in (errno.ENOENT, errno.EEXIST):
-                raise
-            raise OSError(os_error.errno, os_error.strerror, missing) from exc
-    fs.makedirs(path, exist_ok=True)  # the parent could be made after all (a race)
-
-
-def _target(path: str, job: FileJob) -> AbstractContextManager[None]:
-    return target_errors(path, job.name)
-
-
-def _crc_of(fs: Any, path: str, chunk: int, limit: int | None = None) -> tuple[int, int]:
-    """(size, crc32) of a file on `fs`, read in `chunk`s (up to `limit` bytes)."""
+def crc_of(f: IO[bytes], chunk: int = DEFAULT_CHUNK, limit: int | None = None
+           ) -> tuple[int, int]:
+    """(size, crc32) of an open file, read in `chunk`s (up to `limit` bytes)."""
     crc, size = 0, 0
-    with fs.open(path, "rb") as f:
-        while limit is None or size < limit:
-            data = f.read(chunk if limit is None else min(chunk, limit - size))
-            if not data:
-                break
-            crc, size = zlib.crc32(data, crc), size + len(data)
+    while limit is None or size < limit:
+        data = f.read(chunk if limit is None else min(chunk, limit - size))
+        if not data:
+            break
+        crc, size = zlib.crc32(data, crc), size + len(data)
     return size, crc
 
 
-def _existing_match(fs: Any, final: str, job: FileJob, chunk: int) -> int | None:
-    """The CRC of an already delivered, matching final file; None if it must be (re)written."""
-    with _target(final, job):
-        if not fs.isfile(final) or fs.size(final) != job.size:
-            return None
-        size, crc = _crc_of(fs, final, chunk)
-    if size == job.size and crc_matches(job.checksum, crc):
-        return crc
-    log.info("replacing %s: size or CRC32 differs from ICAT", final)
-    return None
-
-
-def _verify(job: FileJob, size: int, crc: int) -> None:
-    if size != job.size:
+def check_bytes(job: FileJob, size: int, crc: int) -> None:
+    """SizeMismatch / ChecksumMismatch unless (size, crc) is what ICAT says."""
+    if size != job.size and not job.trust_stream:
         raise SizeMismatch(f"got {size} bytes, ICAT says {job.size}", datafile=job.name)
     if not crc_matches(job.checksum, crc):
         raise ChecksumMismatch(f"CRC32 is {format_crc(crc)}, ICAT says {job.checksum}",
                                datafile=job.name)
 
 
-def _remove_quietly(fs: Any, path: str) -> None:
-    try:
-        if fs.exists(path):
-            fs.rm(path)
-    except OSError as exc:
-        log.warning("could not remove %s: %s", path, exc)
+# --- names ----------------------------------------------------------------------------------
 
 
-def _place(fs: Any, part: str, final: str, job: FileJob) -> None:
-    """Rename the verified part over the final name (removing a wrong final file first)."""
-    with _target(final, job):
-        if fs.isdir(final):
-            raise TargetError(f"a directory is in the way at {final!r}", datafile=job.name)
-        if fs.exists(final):
-            fs.rm(final)
-        fs.mv(part, final)
+def part_path(staging: str, job: FileJob) -> str:
+    """The part file of `job`: named by the datafile id, so it never equals a datafile name."""
+    return posixpath.join(staging, f"{job.datafile_id}{PART_SUFFIX}")
 
 
-def _fsync(out: Any) -> None:
-    """Flush (errors count), then fsync where there is a descriptor, or remotely where the
-    file offers it (sshfs: OpenSSH's fsync@openssh.com): the manifest will claim these bytes
-    are on disk."""
-    out.flush()
-    try:
-        os.fsync(out.fileno())
-        return
-    except Exception:  # no fileno on remote/memory files (io.UnsupportedOperation, ...)
-        pass
-    remote_fsync = getattr(out, "fsync", None)
-    if callable(remote_fsync):
-        try:
-            remote_fsync()
-        except Exception as exc:  # a server without the extension: as good as we can do
-            log.debug("remote fsync failed: %s", exc)
+def existing_match(target: TargetFS, job: FileJob, chunk: int = DEFAULT_CHUNK) -> int | None:
+    """The CRC of an already delivered, matching final file; None if it must be (re)written.
+
+    Whatever is at the final name that is not a regular file (a link, FIFO, directory) is
+    UnsafeTargetPath: it is never read through, and never silently replaced.
+    """
+    check_relpath(job.rel_path)
+    with target_errors(target.path(job.rel_path), job.name):
+        f = target.open_read(job.rel_path)
+        if f is None:
+            return None
+        with f:
+            size, crc = crc_of(f, chunk)
+    if size == job.size and crc_matches(job.checksum, crc):
+        return crc
+    log.info("replacing %s: size or CRC32 differs from ICAT", target.path(job.rel_path))
+    return None
 
 
-# --- the streaming writer -------------------------------------------------------------------
+# --- the part writer ------------------------------------------------------------------------
 
 
 class _SourceBroken(Exception):
@@ -332,44 +232,52 @@ class _SourceBroken(Exception):
         self.original = original
 
 
-class _PartWriter:
+class PartWriter:
     """The part file being written: offset, running CRC, and the open handle."""
 
-    def __init__(self, fs: Any, part: str, job: FileJob,
+    def __init__(self, target: TargetFS, part: str, job: FileJob,
                  on_progress: Callable[[int], None] | None):
-        self.fs, self.part, self.job = fs, part, job
+        self.target, self.part, self.job = target, part, job
         self.on_progress = on_progress
         self.offset, self.crc, self.fetched = 0, 0, 0
-        self.out: Any = None
+        self.out: IO[bytes] | None = None
+
+    def _errors(self):  # noqa: ANN202 - a context manager
+        return target_errors(self.target.path(self.part), self.job.name)
 
     def start(self, chunk: int) -> bool:
         """Open the part file, continuing a crashed run's bytes when possible; True if so."""
-        with _target(self.part, self.job):
-            length = self.fs.size(self.part) if self.fs.isfile(self.part) else 0
-            if 0 < length <= self.job.size and self._append(length, chunk):
-                return True
-            self.truncate()
+        with self._errors():
+            existing = self.target.open_read(self.part)
+            if existing is not None:
+                with existing:
+                    size, crc = crc_of(existing, chunk, limit=self.job.size + 1)
+                if 0 < size <= self.job.size and self._append(size, crc):
+                    return True
+        self.truncate()
         return False
 
-    def _append(self, length: int, chunk: int) -> bool:
-        size, crc = _crc_of(self.fs, self.part, chunk, limit=length)
+    def _append(self, size: int, crc: int) -> bool:
         try:
-            out = self.fs.open(self.part, "ab")
+            out = self.target.open_append(self.part)
         except (NotImplementedError, ValueError, OSError) as exc:
             log.info("cannot append to %s (%s): starting again", self.part, exc)
             return False
-        if self.fs.size(self.part) != size:  # an "append" that truncated; the size check
-            out.close()                      # after the copy would catch it too, later
+        if out is None:
+            return False
+        entry = self.target.lstat(self.part)
+        if entry is None or entry.size != size:  # an "append" that truncated; the size
+            out.close()                          # check would catch it too, later
             return False
         self.out, self.offset, self.crc = out, size, crc
         self._progress(size)
         return True
 
     def truncate(self) -> None:
-        """Start the part file from byte 0."""
+        """Start the part file from byte 0 (a fresh, exclusively created file)."""
         self.close()
-        with _target(self.part, self.job):
-            self.out = self.fs.open(self.part, "wb")
+        with self._errors():
+            self.out = self.target.create_replacing(self.part)
         self._progress(-self.offset)
         self.offset, self.crc = 0, 0
 
@@ -378,10 +286,11 @@ class _PartWriter:
             self.on_progress(delta)
 
     def write(self, data: bytes) -> None:
-        if self.offset + len(data) > self.job.size:
+        if self.offset + len(data) > self.job.size and not self.job.trust_stream:
             raise SizeMismatch(f"source sent more than the {self.job.size} bytes ICAT knows",
                                datafile=self.job.name)
-        with _target(self.part, self.job):
+        assert self.out is not None
+        with self._errors():
             self.out.write(data)
         self.crc = zlib.crc32(data, self.crc)
         self.offset += len(data)
@@ -394,25 +303,75 @@ class _PartWriter:
 
     def finish(self) -> None:
         """Flush, fsync and close: errors here are the target's."""
-        with _target(self.part, self.job):
-            _fsync(self.out)
+        with self._errors():
+            if self.out is not None:
+                fsync(self.out)
             self.close()
 
     def close(self) -> None:
         out, self.out = self.out, None
         if out is not None:
-            out.close()
+            try:
+                out.close()
+            except OSError as exc:  # a full disk may refuse the last flush; reported already
+                log.debug("closing %s failed: %s", self.part, exc)
+
+
+def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: int,
+                     before_place: PlaceGuard | None = None) -> int:
+    """Check the part against ICAT, then rename it over the final name; returns its CRC32.
+
+    On a local target the decisive CRC32 is read back from the part file itself (the bytes that
+    will be placed), not taken from memory. A mismatch deletes the part.
+    """
+    try:
+        check_bytes(job, size, crc)
+        if target.reread_before_place:
+            with target_errors(target.path(part), job.name):
+                f = target.open_read(part)
+                if f is None:
+                    raise TransientError(f"part file {target.path(part)!r} vanished",
+                                         datafile=job.name)
+                with f:
+                    size, crc = crc_of(f)
+            check_bytes(job, size, crc)
+    except VerificationError:
+        target.remove_quietly(part)
+        raise
+    if before_place is not None:
+        before_place()
+    with target_errors(target.path(job.rel_path), job.name):
+        target.make_dirs(posixpath.dirname(job.rel_path))
+        target.replace(part, job.rel_path)
+    return crc
+
+
+# --- reading the source ---------------------------------------------------------------------
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Whether a source failure is a lost connection (reopen) rather than an answer (raise).
+
+    A PollcatError that carries an HTTP status is the service answering (503 data not online,
+    a 5xx, a 404): reopening at once would only ask again. One without a status is "cannot
+    reach" or "stalled", which a reopen may cure.
+    """
+    if isinstance(exc, (VerificationError, ResumeNotSupported, PermanentError)):
+        return False
+    if isinstance(exc, PollcatError):
+        return isinstance(exc, TransientError) and exc.status is None
+    return isinstance(exc, CONNECTION_ERRORS)
 
 
 def _read_source(src: Readable, chunk: int) -> Iterator[bytes]:
-    """The source's bytes; any failure to read becomes _SourceBroken."""
+    """The source's bytes; a lost connection becomes _SourceBroken."""
     while True:
         try:
             data = src.read(chunk)
-        except VerificationError:
+        except Exception as exc:
+            if is_connection_loss(exc):
+                raise _SourceBroken(exc) from exc
             raise
-        except BROKEN_CONNECTION as exc:
-            raise _SourceBroken(exc) from exc
         if not data:
             return
         yield data
@@ -430,22 +389,17 @@ def _open_source(job: FileJob, offset: int) -> Readable:
     assert job.open is not None
     try:
         return job.open(offset)
-    except (ResumeNotSupported, VerificationError):
+    except Exception as exc:
+        if is_connection_loss(exc):
+            raise _SourceBroken(exc) from exc
         raise
-    except BROKEN_CONNECTION as exc:
-        raise _SourceBroken(exc) from exc
 
 
-def _give_up(job: FileJob, attempts: int, exc: BaseException) -> TransientError:
-    return TransientError(f"connection broke {attempts} times, giving up for now "
-                          f"(the part file is kept): {exc}", datafile=job.name)
-
-
-def _fetch(writer: _PartWriter, job: FileJob, chunk: int, max_resumes: int) -> int:
-    """Copy the source into the part file, reopening it on broken connections.
+def _fetch(writer: PartWriter, job: FileJob, chunk: int, reopen: Reopen) -> int:
+    """Copy the source into the part file, reopening it (with backoff) on lost connections.
 
     Returns the number of reopenings. A server that ignores Range costs a restart from byte 0;
-    both count against `max_resumes`.
+    both count against `reopen.max_resumes`.
     """
     reopened = 0
     while True:
@@ -458,7 +412,7 @@ def _fetch(writer: _PartWriter, job: FileJob, chunk: int, max_resumes: int) -> i
                 # A clean end before the size ICAT knows, after progress: the connection was
                 # cut (http.client returns b"" when a body stops short of Content-Length).
                 # Resume; a source that ends there again without progress really is short,
-                # and the size check in _verify says so.
+                # and the size check says so.
                 raise _SourceBroken(TruncatedStream(
                     f"source ended at byte {writer.offset} of {job.size}", datafile=job.name))
             return reopened
@@ -474,143 +428,90 @@ def _fetch(writer: _PartWriter, job: FileJob, chunk: int, max_resumes: int) -> i
         finally:
             _close_quietly(src)
         reopened += 1
-        if reopened > max_resumes:
-            raise _give_up(job, reopened, last) from last
+        if reopened > reopen.max_resumes:
+            raise TransientError(f"connection broke {reopened} times, giving up for now "
+                                 f"(the part file is kept): {last}", datafile=job.name) from last
+        _sleep(reopen.delay(reopened))
 
 
-def write_file(fs: Any, root: str, job: FileJob, *, chunk: int = DEFAULT_CHUNK,
-               max_resumes: int = 5, on_progress: Callable[[int], None] | None = None
-               ) -> FileResult:
-    """Deliver one datafile from `job.open` to `root/job.rel_path` on `fs`, verified.
+# --- one file -------------------------------------------------------------------------------
 
+
+def _skipped(job: FileJob, started: float, crc: int) -> FileResult:
+    return FileResult(job.datafile_id, job.rel_path, job.size, time.monotonic() - started,
+                      crc, skipped=True)
+
+
+def _prepare_dirs(target: TargetFS, job: FileJob, staging: str) -> None:
+    with target_errors(target.path(job.rel_path), job.name):
+        target.make_dirs(posixpath.dirname(job.rel_path))
+        target.make_private_dir(staging)
+
+
+def write_file(target: TargetFS, job: FileJob, *, staging: str = STAGING_NAME,
+               chunk: int = DEFAULT_CHUNK, reopen: Reopen = DEFAULT_REOPEN,
+               on_progress: Callable[[int], None] | None = None,
+               before_place: PlaceGuard | None = None) -> FileResult:
+    """Deliver one datafile from `job.open` to `job.rel_path` on `target`, verified.
+
+    `staging` is the root-relative staging directory (the download's `.pollcat`). Progress
     `on_progress(delta)` gets the bytes written (negative when a restart drops bytes).
-    Raises SizeMismatch/ChecksumMismatch (part deleted), TargetError (target refuses),
-    TransientError (connection kept breaking; part kept for the next attempt).
+    Raises SizeMismatch/ChecksumMismatch (part deleted), UnsafeTargetPath (something planted),
+    TargetUnavailable (full/read-only; part deleted), TargetError (target refuses), the source's
+    own answer (e.g. NotReady for 503; part kept) or TransientError (connection kept breaking;
+    part kept for the next attempt).
     """
     started = time.monotonic()
-    final, part = _paths(fs, root, job)
-    crc = _existing_match(fs, final, job, chunk)
+    crc = existing_match(target, job, chunk)
     if crc is not None:
-        return FileResult(job.datafile_id, job.rel_path, job.size,
-                          time.monotonic() - started, crc, skipped=True)
+        return _skipped(job, started, crc)
     if job.open is None:
         raise ValueError(f"job for {job.name!r} has no source to open")
-    with _target(final, job):
-        make_dirs(fs, posixpath.dirname(final))
-    writer = _PartWriter(fs, part, job, on_progress)
+    _prepare_dirs(target, job, staging)
+    part = part_path(staging, job)
+    writer = PartWriter(target, part, job, on_progress)
     try:
         resumed = int(writer.start(chunk))
-        resumed += _fetch(writer, job, chunk, max_resumes)
+        resumed += _fetch(writer, job, chunk, reopen)
         writer.finish()
-    except VerificationError:  # the source sent too much: these bytes are no use
+    except (VerificationError, TargetUnavailable):  # useless bytes / give the space back
         writer.close()
-        _remove_quietly(fs, part)
+        target.remove_quietly(part)
         raise
     finally:
         writer.close()
-    return _verify_and_place(fs, part, final, job, writer, started, resumed)
-
-
-def _verify_and_place(fs: Any, part: str, final: str, job: FileJob, writer: _PartWriter,
-                      started: float, resumed: int) -> FileResult:
-    try:
-        _verify(job, writer.offset, writer.crc)
-    except VerificationError:
-        _remove_quietly(fs, part)
-        raise
-    _place(fs, part, final, job)
+    crc = verify_and_place(target, part, job, writer.offset, writer.crc, before_place)
     return FileResult(job.datafile_id, job.rel_path, writer.offset,
-                      time.monotonic() - started, writer.crc, resumed=resumed,
-                      fetched=writer.fetched)
+                      time.monotonic() - started, crc, resumed=resumed, fetched=writer.fetched)
 
 
-def write_stream_entry(fs: Any, root: str, job: FileJob, chunks: Iterable[bytes]) -> FileResult:
-    """Deliver bytes that arrive as an iterable (a zip entry): same part/verify/rename rules.
+def write_stream_entry(target: TargetFS, job: FileJob, chunks: Iterable[bytes], *,
+                       staging: str = STAGING_NAME,
+                       before_place: PlaceGuard | None = None) -> FileResult:
+    """Deliver bytes that arrive as an iterable (a zip entry): same part/verify/place rules.
 
     There is no resume: a zip cannot be reopened mid-entry. If the final file already matches,
     `chunks` is not consumed (the zip reader drains an entry when it moves on). Any failure
     deletes the part file.
     """
     started = time.monotonic()
-    final, part = _paths(fs, root, job)
-    crc = _existing_match(fs, final, job, DEFAULT_CHUNK)
+    crc = existing_match(target, job)
     if crc is not None:
-        return FileResult(job.datafile_id, job.rel_path, job.size,
-                          time.monotonic() - started, crc, skipped=True)
-    with _target(final, job):
-        make_dirs(fs, posixpath.dirname(final))
-    writer = _PartWriter(fs, part, job, None)
+        return _skipped(job, started, crc)
+    _prepare_dirs(target, job, staging)
+    part = part_path(staging, job)
+    writer = PartWriter(target, part, job, None)
     try:
         writer.truncate()
         writer.copy(chunks)
         writer.finish()
     except BaseException:
         writer.close()
-        _remove_quietly(fs, part)
+        target.remove_quietly(part)
         raise
-    return _verify_and_place(fs, part, final, job, writer, started, 0)
-
-
-# --- main storage mounted as a filesystem ---------------------------------------------------
-
-
-def _file_opener(src_fs: Any, src_path: str) -> Callable[[int], Readable]:
-    def open_at(offset: int) -> Readable:
-        f = src_fs.open(src_path, "rb")
-        if offset:
-            f.seek(offset)
-        return f
-
-    return open_at
-
-
-def _try_link(src_fs: Any, src_path: str, fs: Any, root: str, job: FileJob,
-              chunk: int) -> FileResult | None:
-    """Hard-link a verified source into place; None when linking is not possible here."""
-    started = time.monotonic()
-    final, part = _paths(fs, root, job)
-    parent = posixpath.dirname(final)
-    with _target(final, job):
-        fs.makedirs(parent, exist_ok=True)
-    try:
-        same_device = os.stat(src_path).st_dev == os.stat(parent).st_dev
-    except OSError:
-        return None
-    if not same_device:
-        return None
-    size, crc = _crc_of(src_fs, src_path, chunk)
-    _verify(job, size, crc)  # the mounted main storage itself is wrong: copying won't help
-    if os.path.exists(final) and os.path.samefile(src_path, final):
-        return FileResult(job.datafile_id, job.rel_path, size, time.monotonic() - started,
-                          crc, skipped=True)
-    _remove_quietly(fs, part)
-    try:
-        os.link(src_path, part)
-    except OSError as exc:  # EXDEV, EPERM (protected_hardlinks), EMLINK, no link support
-        log.info("cannot hard-link %s (%s): copying", src_path, exc)
-        return None
-    _place(fs, part, final, job)
-    return FileResult(job.datafile_id, job.rel_path, size, time.monotonic() - started, crc)
-
-
-def link_or_copy(src_fs: Any, src_path: str, fs: Any, root: str, job: FileJob, *,
-                 hardlink: bool = True, chunk: int = DEFAULT_CHUNK, max_resumes: int = 5,
-                 on_progress: Callable[[int], None] | None = None) -> FileResult:
-    """Deliver a file from IDS main storage mounted as a filesystem.
-
-    When both sides are local and on one device, the source is verified and hard-linked (no
-    bytes copied). Beware: a hard link shares the inode, so its owner and mode are main
-    storage's, and anything that later chowns/chmods or edits the delivered file changes the
-    archive copy too; pass `hardlink=False` where users get write access. Otherwise the file is
-    stream-copied with `write_file` semantics.
-    """
-    if hardlink and is_local(src_fs) and is_local(fs):
-        linked = _try_link(src_fs, src_path, fs, root, job, chunk)
-        if linked is not None:
-            return linked
-    job = replace(job, open=_file_opener(src_fs, src_path))
-    return write_file(fs, root, job, chunk=chunk, max_resumes=max_resumes,
-                      on_progress=on_progress)
+    crc = verify_and_place(target, part, job, writer.offset, writer.crc, before_place)
+    return FileResult(job.datafile_id, job.rel_path, writer.offset,
+                      time.monotonic() - started, crc, fetched=writer.fetched)
 
 
 # --- many files -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from starlette.routing import Mount, Route
 from simfacility import icat_api, ids_api, topcat_api
 from simfacility.facility import SimFacility
 from simfacility.faults import FaultError, FaultMiddleware
+from simfacility.limits import RequestLineLimit
 
 
 def _sim_routes(fac: SimFacility) -> list[Route]:
@@ -47,4 +48,4 @@ def build_app(fac: SimFacility):
         Mount("/topcat", app=topcat_api.build(fac)),
         Mount("/sim", routes=_sim_routes(fac)),
     ])
-    return FaultMiddleware(app, fac.faults)
+    return RequestLineLimit(FaultMiddleware(app, fac.faults), fac.config.max_request_line)

@@ -31,7 +31,8 @@ Choices where the reference says (inferred) or real ICAT depends on its deployme
   scenario was loaded, in ICAT's `yyyy-MM-dd'T'HH:mm:ss.SSSXXX`. In a multi-item select an
   entity item is written wrapped, `{"Dataset":{...}}`, without relations (inferred).
 - maxEntities: see `simfacility.jpql`; entity results count INCLUDEd entities too and exceeding
-  gives 412 VALIDATION `attempt to return more than N entitities` (sic, icat.server's spelling).
+  gives 412 VALIDATION `attempt to return more than N entities` (the spelling since
+  icat.server 4.10.0; older servers wrote `entitities`).
 - `POST`/`DELETE /entityManager` (writes) are not simulated: 501 NOT_IMPLEMENTED.
 - `GET /properties`: `containerType` is `Glassfish`; `lifetimeMinutes` and `maxEntities` come
   from the scenario.
@@ -163,7 +164,7 @@ class Renderer:
         self.count += 1
         if self.count > self.max_entities:
             raise IcatError("VALIDATION",
-                            f"attempt to return more than {self.max_entities} entitities")
+                            f"attempt to return more than {self.max_entities} entities")
         cat = self.cat
         out = {name: jsonable(cat.attr(entity, obj, name)) for name in jpql.BASE_FIELDS}
         for name in jpql.SCHEMA[entity].attrs:

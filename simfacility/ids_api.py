@@ -15,7 +15,7 @@ Choices where the reference says (inferred) or is silent:
 - Id lists are parsed as Java does: ``split("\\s*,\\s*")`` (trailing empty pieces dropped) and
   ``Long.parseLong`` per piece, so ``"1,2,"`` is valid and ``""`` or ``" 1"`` is not.
 - Investigations: a missing one → 404 ``Investigation[id:N] not found.``, one the user cannot
-  read → 403 ``Read access to this Investigation is not allowed.`` (the ICAT-side messages, as for
+  read → 403 ``READ access to this Investigation is not allowed.`` (the ICAT-side messages, as for
   datasets and datafiles). An investigation without datasets contributes nothing. A datafile
   asked for by id whose location is null → 404 ``Datafile N`` (DataSelection's own message);
   inside datasets/investigations such files are silently left out.
@@ -221,7 +221,7 @@ class IdsService:
     def get_service_status(self, p: Params, headers: Any) -> Response:
         """No UUID check here in IdsBean: the session goes straight to ICAT getUserName."""
         user = self._user(p.get("sessionId"))
-        if user not in self.store.admins:
+        if user not in self.store.ids_root_user_names:
             raise IdsError("InsufficientPrivilegesException",
                            f"{user} is not included in the ids rootUserNames set.")
         if not self.fac.two_level:
@@ -251,6 +251,8 @@ class IdsService:
 
     def _resolve(self, ids: IdParams, user: str | None) -> Resolved:
         """DataSelection.resolveDatasetIds: datafiles, then datasets, then investigations."""
+        if user is not None:
+            self._icat_round_trips(ids)
         acc = Access(self.fac, user)
         out = Resolved()
         for dfid in ids.datafile_ids:
@@ -265,6 +267,23 @@ class IdsService:
                     self._add_dataset(out, ds)
         return out
 
+    def _icat_round_trips(self, ids: IdParams) -> None:
+        """Take the time the real IDS spends asking ICAT, as the caller, about the selection.
+
+        DataSelection makes two ICAT calls per datafile id (a search for its dataset, then a
+        get), one per dataset id, and per investigation one plus one per dataset (inferred
+        from ids.server's DataSelection), synchronously, so prepareData and direct getData on
+        large selections take time that grows with the selection.
+        """
+        per_call = self.fac.config.ids_icat_call_latency_s
+        if per_call <= 0:
+            return
+        calls = 2 * len(ids.datafile_ids) + len(ids.dataset_ids)
+        for invid in ids.investigation_ids:
+            inv = self.store.investigations.get(invid)
+            calls += 1 + (len(inv.dataset_ids) if inv else 0)
+        time.sleep(per_call * calls)
+
     def _add_datafile(self, out: Resolved, acc: Access, dfid: int) -> None:
         df = self.store.datafiles.get(dfid)
         if df is None or df.deleted or df.dataset_id not in self.store.datasets:
@@ -272,7 +291,7 @@ class IdsService:
         ds = self.store.datasets[df.dataset_id]
         if not acc.investigation(ds.investigation_id):
             raise IdsError("InsufficientPrivilegesException",
-                           "Read access to this Datafile is not allowed.")
+                           "READ access to this Datafile is not allowed.")
         if df.location is None:
             raise IdsError("NotFoundException", f"Datafile {dfid}")
         out.datasets.setdefault(ds.id, ds)
@@ -284,7 +303,7 @@ class IdsService:
             raise IdsError("NotFoundException", f"Dataset[id:{dsid}] not found.")
         if not acc.investigation(ds.investigation_id):
             raise IdsError("InsufficientPrivilegesException",
-                           "Read access to this Dataset is not allowed.")
+                           "READ access to this Dataset is not allowed.")
         return ds
 
     def _readable_investigation(self, acc: Access, invid: int) -> Investigation:
@@ -293,7 +312,7 @@ class IdsService:
             raise IdsError("NotFoundException", f"Investigation[id:{invid}] not found.")
         if not acc.investigation(inv.id):
             raise IdsError("InsufficientPrivilegesException",
-                           "Read access to this Investigation is not allowed.")
+                           "READ access to this Investigation is not allowed.")
         return inv
 
     def _add_dataset(self, out: Resolved, ds: Dataset) -> None:
@@ -375,7 +394,7 @@ class IdsService:
                 raise IdsError("NotFoundException", exc.message) from exc
         else:
             res = self._resolve(ids, user)
-        return text(str(sum(df.size for df in res.datafiles.values())))
+        return text(str(sum(df.file_size for df in res.datafiles.values())))
 
     def _current_size(self, dfids: Iterable[int]) -> int:
         """Sum of ICAT fileSize now: datafiles deleted since preparation no longer count."""
@@ -383,7 +402,7 @@ class IdsService:
         for dfid in dfids:
             df = self.store.datafiles.get(dfid)
             if df is not None and not df.deleted:
-                total += df.size
+                total += df.file_size
         return total
 
     def get_datafile_ids(self, p: Params, headers: Any) -> Response:
@@ -465,7 +484,7 @@ class IdsService:
             self._require_online(record.datafiles)
         live = [self.store.datafiles.get(d.id) for d in record.datafiles]
         if any(df is None or df.deleted for df in live):
-            raise IdsError("NotFoundException", "One of the data files requested has been deleted")
+            raise IdsError("NotFoundException", "One of the datafiles requested has been deleted")
         headers = {"Accept-Ranges": "bytes"}
         if record.zip:
             name = zip_name(outname)
@@ -477,8 +496,11 @@ class IdsService:
             name = outname if outname is not None else df.name
             body = file_chunks(self.store, df, offset)
             if direct:
-                headers["Content-Length"] = str(max(0, df.size - offset))
-        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+                # IdsBean: DataSelection.getFileLength() sums ICAT's fileSize, not the disk
+                length = max(0, df.file_size - offset)
+                headers["Content-Length"] = str(length)
+                body = clip(body, length)
+        headers["Content-Disposition"] = grizzly_header(f'attachment; filename="{name}"')
         body = self._locked(body, list(record.datasets))
         return StreamingResponse(prefetch(body), status_code=206 if offset > 0 else 200,
                                  headers=headers, media_type="application/octet-stream")
@@ -509,6 +531,35 @@ def zip_name(outname: str | None) -> str:
     if dot >= 0 and outname[dot + 1:] == "zip":
         return outname
     return outname + ".zip"
+
+
+def grizzly_header(value: str) -> str:
+    """A header value as Payara's Grizzly writes it: char by char, with every character that is
+    not printable US-ASCII (tab allowed) sent as a space (`HttpCodecUtils.put`, inferred from
+    grizzly f481d051). So a Cyrillic or Polish datafile name arrives blanked, never refused.
+    """
+    return "".join(c if c == "\t" or " " <= c <= "~" else " " for c in value)
+
+
+def clip(chunks: Iterator[bytes], length: int) -> Iterator[bytes]:
+    """At most `length` bytes of `chunks`: the declared Content-Length (ICAT's fileSize) wins.
+
+    When the file on disk is longer, the client gets a complete-looking response that is cut
+    short; when it is shorter, the body simply ends early and the server closes the connection
+    with fewer bytes than promised, as a Java container does.
+    """
+    left = length
+    try:
+        for chunk in chunks:
+            if left <= 0:
+                return
+            piece = chunk[:left]
+            left -= len(piece)
+            yield piece
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def file_chunks(store: Any, df: Datafile, offset: int) -> Iterator[bytes]:

@@ -56,9 +56,9 @@ Semantics and (inferred) choices:
 - Comparisons with NULL are false (SQL's unknown), also under NOT (a simplification).
 - Without DISTINCT a one-to-many JOIN repeats rows, as in JPQL.
 - maxEntities, as icat.server's EntityBeanManager does it: more than maxEntities rows after LIMIT
-  gives 412 VALIDATION `attempt to process more than N entitities` (sic); for entity results the
+  gives 412 VALIDATION `attempt to process more than N entities`; for entity results the
   returned entities including INCLUDEd ones are counted too, `attempt to return more than N
-  entitities` (the latter check is in icat_api's renderer).
+  entities` (the latter check is in icat_api's renderer).
 - Investigation/Dataset fileSize and fileCount are computed live from the (non-deleted)
   datafiles, as an ICAT that maintains them would report (inferred).
 - `INCLUDE 1` includes every many-to-one relation of the returned entity, one level (inferred
@@ -160,7 +160,7 @@ SCHEMA: dict[str, EntityDef] = {
 # ---------------------------------------------------------------------------------------------
 
 _ATTR_MAP = {  # ICAT field name -> model attribute, where they differ
-    "fullName": "full_name", "visitId": "visit_id", "fileSize": "size",
+    "fullName": "full_name", "visitId": "visit_id", "fileSize": "file_size",
 }
 
 
@@ -234,7 +234,7 @@ class Catalog:
             result = (sum(p[0] for p in parts), sum(p[1] for p in parts))
         else:
             files = self.store.live_datafiles(obj.id)
-            result = (sum(df.size for df in files), len(files))
+            result = (sum(df.file_size for df in files), len(files))
         self._totals_cache[key] = result
         return result
 
@@ -1024,7 +1024,7 @@ class Evaluator:
             out_rows = out_rows[q.limit[0]:q.limit[0] + q.limit[1]]
         if len(out_rows) > self.max_entities:
             raise IcatError("VALIDATION",
-                            f"attempt to process more than {self.max_entities} entitities")
+                            f"attempt to process more than {self.max_entities} entities")
         if single_entity:
             return Result("entity", out_rows, items[0][1].entity, self.include_tree(items[0][1]))
         if q.includes or q.include_one or q.old_includes:

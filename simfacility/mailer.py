@@ -7,8 +7,10 @@ Choices (inferred):
 - the email address check is a plain `local@domain.tld` pattern (TopCAT uses a validator of
   that strength);
 - `${size}` is Java's SI `humanReadableByteCount` form, e.g. `1.1 MB`, `512 B`;
-- a placeholder with no value (e.g. `${customValue}` outside the customValue path) is left as
-  written, as Apache Commons `StringSubstitutor` does;
+- templates are rendered with Apache Commons `StringSubstitutor` semantics
+  (`simfacility.substitutor`): a placeholder with no value (e.g. `${customValue}` outside the
+  customValue path) is left as written, `${x:-default}`, `$${x}` escapes, recursive
+  substitution of values, and `SubstitutionCycle` on a cycle;
 - an SMTP failure is logged and recorded on the outbox entry (`smtp_error`), never raised:
   TopCAT logs mail errors and carries on, and `isEmailSent` stays true.
 """
@@ -22,13 +24,14 @@ import time
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
+from simfacility.substitutor import substitute
+
 if TYPE_CHECKING:
     from simfacility.facility import SimFacility
 
 log = logging.getLogger("simfacility.topcat.mail")
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 SMTP_TIMEOUT_S = 10.0
 
 
@@ -50,8 +53,17 @@ def human_size(n: int) -> str:
 
 
 def render(template: str, values: dict[str, str]) -> str:
-    """Substitute `${name}`; unknown names stay as written."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    """`StringSubstitutor.replace`; raises `SubstitutionCycle` as TopCAT would throw."""
+    return substitute(template, dict(values))
+
+
+def check_renders(fac: SimFacility, values: dict[str, Any], transport: str) -> None:
+    """Render subject and body without sending: raises `SubstitutionCycle` as TopCAT would
+    (so a caller can fail before it changes anything)."""
+    cfg = fac.config.topcat
+    str_values = {k: str(v) for k, v in values.items() if v is not None}
+    render(cfg.mail_subject, str_values)
+    render(cfg.mail_bodies.get(transport, ""), str_values)
 
 
 def send_download_ready(fac: SimFacility, values: dict[str, Any], to: str | None,

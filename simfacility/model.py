@@ -97,6 +97,14 @@ class Datafile:
     seed: int = 0
     content: bytes | None = None
     deleted: bool = False
+    # ICAT's fileSize when it differs from the bytes on disk (registered as 0, or stale)
+    icat_size: int | None = None
+
+    @property
+    def file_size(self) -> int:
+        """What ICAT says (`Datafile.fileSize`), which the IDS trusts for sizes and
+        Content-Length; `size` stays the true number of bytes."""
+        return self.size if self.icat_size is None else self.icat_size
 
     def iter_bytes(self, offset: int = 0, chunk: int = BLOCK_SIZE) -> Iterator[bytes]:
         """Yield the content from `offset`, in chunks of at most `chunk` bytes.
@@ -139,7 +147,8 @@ class Store:
         self.investigation_users: dict[int, InvestigationUser] = {}
         self.datasets: dict[int, Dataset] = {}
         self.datafiles: dict[int, Datafile] = {}
-        self.admins: set[str] = set()
+        self.admins: set[str] = set()  # ICAT: read every investigation
+        self.ids_root_user_names: set[str] = set()
         self._investigations_by_user: dict[str, set[int]] = {}
 
     def next_id(self) -> int:
@@ -147,7 +156,8 @@ class Store:
             self._next_id += 1
             return self._next_id
 
-    # -- authorization (wire reference §3.5): admins read all, others their investigations --
+    # -- ICAT authorization (wire reference §3.5): `admins` (icat.read_all) read all, others
+    #    their investigations --
     def is_admin(self, user_name: str) -> bool:
         return user_name in self.admins
 

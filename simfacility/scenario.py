@@ -24,6 +24,7 @@ from simfacility.model import (
     User,
     java_hex,
 )
+from simfacility.profiles import DEFAULT_PROFILE, TopcatFeatures, TopcatProfile
 
 
 class ScenarioError(ValueError):
@@ -45,7 +46,31 @@ class TopcatConfig:
     mail_from: str = "topcat@localhost"
     # transport -> IDS base URL (None: this simulator's own IDS), as facility.F.downloadType.<t>
     download_types: dict[str, str | None] = field(default_factory=dict)
-    version: str = "2.4.9"
+    profile: TopcatProfile = DEFAULT_PROFILE
+    version: str = DEFAULT_PROFILE.default_version
+    # adminUserNames; the top-level `admins` shorthand is merged in
+    admin_user_names: list[str] = field(default_factory=list)
+    # TopCAT's read timeouts towards ICAT and the IDS: none by default, as in production
+    icat_timeout_s: float | None = None
+    ids_timeout_s: float | None = None
+
+    @property
+    def features(self) -> TopcatFeatures:
+        return TopcatFeatures.of(self.version)
+
+
+@dataclass
+class CacheConfig:
+    """The IDS Tidier's size check on main storage (ids.server run.properties).
+
+    `start_archiving_bytes` is `startArchivingLevel1024bytes` (in bytes here): when the online
+    data exceeds it, the oldest-restored units are archived until it is at most
+    `stop_archiving_bytes` (`stopArchivingLevel1024bytes`). `None` = unlimited (no Tidier).
+    """
+
+    start_archiving_bytes: int | None = None
+    stop_archiving_bytes: int | None = None
+    check_interval_s: float = 0.2
 
 
 @dataclass
@@ -58,6 +83,15 @@ class SimConfig:
     session_lifetime_minutes: float = 120.0
     prepared_count: int = 10000
     admins: list[str] = field(default_factory=list)
+    # ICAT read rules: who reads every investigation (plus `admins`)
+    icat_read_all: list[str] = field(default_factory=list)
+    # ids.server rootUserNames (plus `admins`)
+    ids_root_user_names: list[str] = field(default_factory=list)
+    ids_cache: CacheConfig = field(default_factory=CacheConfig)
+    # seconds per ICAT call the IDS makes to resolve a session selection (DataSelection)
+    ids_icat_call_latency_s: float = 0.0
+    # longest request line the front end accepts (Apache LimitRequestLine); None = no limit
+    max_request_line: int | None = 8190
     ids_read_only: bool = False
     ids_version: str = "2.1.1"
     icat_version: str = "6.2.0"
@@ -86,7 +120,8 @@ def load_scenario(source: str | Path | dict, data_dir: str | Path) -> tuple[SimC
         raise ScenarioError("scenario: top level must be a mapping")
     cfg = _config(raw)
     store = Store(Path(data_dir))
-    store.admins = set(cfg.admins)
+    store.admins = set(cfg.admins) | set(cfg.icat_read_all)
+    store.ids_root_user_names = set(cfg.admins) | set(cfg.ids_root_user_names)
     store.facility = Facility(id=store.next_id(), name=cfg.facility,
                               full_name=raw.get("facility_full_name"))
     for i, u in enumerate(raw.get("users") or []):
@@ -107,6 +142,10 @@ def _config(raw: dict) -> SimConfig:
         raise ScenarioError(f"storage: expected two-level or single-level, got {storage!r}")
     restore = raw.get("restore") or {}
     tc_raw = raw.get("topcat") or {}
+    profile, version = _topcat_version(tc_raw)
+    ids_raw = raw.get("ids") or {}
+    icat_raw = raw.get("icat") or {}
+    http_raw = raw.get("http") or {}
     mail = tc_raw.get("mail") or {}
     smtp = mail.get("smtp") or {}
     topcat = TopcatConfig(
@@ -120,7 +159,11 @@ def _config(raw: dict) -> SimConfig:
         smtp_port=int(smtp.get("port", 25)),
         mail_from=mail.get("from", "topcat@localhost"),
         download_types=dict(tc_raw.get("download_types") or {}),
-        version=str(tc_raw.get("version", TopcatConfig.version)),
+        profile=profile,
+        version=version,
+        admin_user_names=_names(raw, "admins") + _names(tc_raw, "admin_user_names", "topcat"),
+        icat_timeout_s=_optional_float(tc_raw, "icat_timeout_s"),
+        ids_timeout_s=_optional_float(tc_raw, "ids_timeout_s"),
     )
     unit = raw.get("storage_unit", "dataset")
     if unit not in ("dataset", "datafile"):
@@ -134,16 +177,63 @@ def _config(raw: dict) -> SimConfig:
         session_lifetime_minutes=float(raw.get("session_lifetime_minutes", 120)),
         prepared_count=int(raw.get("prepared_count", 10000)),
         admins=list(raw.get("admins") or []),
-        ids_read_only=bool((raw.get("ids") or {}).get("read_only", False)),
-        ids_version=str((raw.get("ids") or {}).get("version", "2.1.1")),
-        icat_version=str((raw.get("icat") or {}).get("version", "6.2.0")),
-        max_entities=int((raw.get("icat") or {}).get("max_entities", 10000)),
+        icat_read_all=_names(icat_raw, "read_all", "icat"),
+        ids_root_user_names=_names(ids_raw, "root_user_names", "ids"),
+        ids_cache=_cache(ids_raw.get("cache") or {}),
+        ids_icat_call_latency_s=float(ids_raw.get("icat_call_latency_s", 0.0)),
+        max_request_line=(None if http_raw.get("max_request_line", 8190) is None
+                          else int(http_raw.get("max_request_line", 8190))),
+        ids_read_only=bool(ids_raw.get("read_only", False)),
+        ids_version=str(ids_raw.get("version", "2.1.1")),
+        icat_version=str(icat_raw.get("version", "6.2.0")),
+        max_entities=int(icat_raw.get("max_entities", 10000)),
         materialize_online=bool(raw.get("materialize_online", True)),
         topcat=topcat,
         downloads=list(raw.get("downloads") or []),
         faults=list(raw.get("faults") or []),
         fault_seed=int(raw.get("fault_seed", 0)),
     )
+
+
+def _topcat_version(tc_raw: dict) -> tuple[TopcatProfile, str]:
+    """The profile (named deployment) and the version string whose features apply."""
+    name = tc_raw.get("profile", DEFAULT_PROFILE.value)
+    try:
+        profile = TopcatProfile(name)
+    except ValueError:
+        known = ", ".join(p.value for p in TopcatProfile)
+        raise ScenarioError(f"topcat.profile: expected one of {known}, got {name!r}") from None
+    version = str(tc_raw.get("version", profile.default_version))
+    try:
+        TopcatFeatures.of(version)
+    except ValueError:
+        raise ScenarioError(f"topcat.version: expected x.y[.z][-suffix], got {version!r}") \
+            from None
+    return profile, version
+
+
+def _names(raw: dict, key: str, where: str = "") -> list[str]:
+    value = raw.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ScenarioError(f"{where + '.' if where else ''}{key}: expected a list of user names")
+    return list(value)
+
+
+def _optional_float(raw: dict, key: str) -> float | None:
+    value = raw.get(key)
+    return None if value is None else float(value)
+
+
+def _cache(raw: dict) -> CacheConfig:
+    start = raw.get("start_archiving_bytes")
+    stop = raw.get("stop_archiving_bytes")
+    if start is None:
+        return CacheConfig(check_interval_s=float(raw.get("check_interval_s", 0.2)))
+    start = int(start)
+    stop = int(stop) if stop is not None else int(start * 0.8)
+    if not 0 <= stop <= start:
+        raise ScenarioError("ids.cache: need 0 <= stop_archiving_bytes <= start_archiving_bytes")
+    return CacheConfig(start, stop, float(raw.get("check_interval_s", 0.2)))
 
 
 def _add_investigation(store: Store, raw: dict, where: str, rng: random.Random) -> None:
@@ -195,8 +285,13 @@ def _add_datafile(store: Store, ds: Dataset, inv: Investigation, raw: dict, wher
     location: str | None = f"{inv.id}/{ds.id}/{uuid.UUID(int=rng.getrandbits(128), version=4)}"
     if raw.get("location", "auto") is None:
         location = None
+    icat_size = raw.get("file_size")
     df = Datafile(id=df_id, name=name, dataset_id=ds.id, size=size, location=location,
-                  checksum=None, seed=int(raw.get("seed", df_id)), content=data)
-    df.checksum = str(raw["checksum"]) if "checksum" in raw else java_hex(df.compute_crc())
+                  checksum=None, seed=int(raw.get("seed", df_id)), content=data,
+                  icat_size=None if icat_size is None else int(icat_size))
+    if "checksum" not in raw:
+        df.checksum = java_hex(df.compute_crc())
+    elif raw["checksum"] is not None:  # null: registered without a checksum
+        df.checksum = str(raw["checksum"])
     store.datafiles[df.id] = df
     ds.datafile_ids.append(df.id)

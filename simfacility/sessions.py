@@ -31,12 +31,12 @@ class Sessions:
             self._sessions[sid] = Session(sid, user_name, self.clock() + self.lifetime_s)
         return sid
 
-    def _get(self, sid: str) -> Session:
+    def _get(self, sid: str, allow_expired: bool = False) -> Session:
         with self._lock:
             s = self._sessions.get(sid)
         if s is None:
             raise IcatError("SESSION", f"Unable to find user by sessionid: {sid}")
-        if s.expires_at <= self.clock():
+        if not allow_expired and s.expires_at <= self.clock():
             raise IcatError("SESSION", f"Session id:{sid} has expired")
         return s
 
@@ -48,12 +48,15 @@ class Sessions:
         return max(0.0, (self._get(sid).expires_at - self.clock()) / 60.0)
 
     def refresh(self, sid: str) -> None:
-        s = self._get(sid)
+        """SessionManager.refresh uses `getUserName(true)`: an expired session that the hourly
+        purge has not deleted yet is refreshed, i.e. revived (the simulator never purges)."""
+        s = self._get(sid, allow_expired=True)
         with self._lock:
             s.expires_at = self.clock() + self.lifetime_s
 
     def logout(self, sid: str) -> None:
-        self._get(sid)
+        """Like refresh, logout accepts an expired session."""
+        self._get(sid, allow_expired=True)
         with self._lock:
             self._sessions.pop(sid, None)
 

@@ -20,6 +20,13 @@ Model:
   queue; the delay is not observable through the wire API beyond getServiceStatus).
 - Single-level: every unit is always ONLINE; restore/archive are not offered (the IDS answers
   501 before reaching storage).
+- A finite cache (scenario `ids.cache`): the IDS's Tidier checks the size of main storage every
+  `check_interval_s` and whenever a restore completes (a Tidier that checks often, so that
+  "more online than the cache holds" is never observable); above `start_archiving_bytes` it
+  archives the units that came online first until at most `stop_archiving_bytes` remain. It
+  does not care whether a unit belongs to a preparedId nobody has fetched yet (the real
+  Tidier does not know); only a unit held by a running getData (SHARED lock) is skipped until
+  the lock is released.
 
 Jobs that touch one unit's files always go to the same worker thread, so a restore and an
 archive of the same unit can never race on disk.
@@ -89,6 +96,9 @@ class Storage:
         self._online: set[Unit] = set()
         self._restoring: dict[Unit, _Restore] = {}
         self._failed: set[Unit] = set()
+        self._online_since: dict[Unit, float] = {}
+        self.cache = cfg.ids_cache
+        self.evictions = 0
         self._heap: list[tuple[float, int, Unit]] = []
         self._plans: list[_FailPlan] = []
         self._next_ticket = 0
@@ -105,6 +115,9 @@ class Storage:
         self._stopping = False
         self._threads.append(threading.Thread(target=self._schedule_loop, daemon=True,
                                               name="sim-ids-restore-scheduler"))
+        if self.cache.start_archiving_bytes is not None:
+            self._threads.append(threading.Thread(target=self._tidier_loop, daemon=True,
+                                                  name="sim-ids-tidier"))
         for i, q in enumerate(self._queues):
             self._threads.append(threading.Thread(target=self._worker_loop, args=(q,),
                                                   daemon=True, name=f"sim-ids-restore-{i}"))
@@ -217,13 +230,76 @@ class Storage:
         if not self.two_level:
             return 0
         units = self.units_of(datafiles)
+        self._archive_units(units)
+        return len(units)
+
+    def _archive_units(self, units: list[Unit]) -> None:
         with self._cond:
             for u in units:
                 self._online.discard(u)
+                self._online_since.pop(u, None)
                 self._restoring.pop(u, None)
         for u in units:
             self._queue_for(u).put(("archive", u, 0))
-        return len(units)
+
+    # -- the Tidier --
+    def online_bytes(self) -> int:
+        """Bytes of the units on main storage (true sizes: what the disk holds)."""
+        with self._cond:
+            units = list(self._online)
+        return sum(self._unit_bytes(u) for u in units)
+
+    def tidy(self) -> list[Unit]:
+        """One Tidier size check: archive oldest-online units while above the start level.
+
+        Returns the units archived. Units under a SHARED lock (a getData streaming them) are
+        skipped, as the IDS's FSM defers an archive until the lock is released.
+        """
+        start, stop = self.cache.start_archiving_bytes, self.cache.stop_archiving_bytes
+        if start is None or stop is None:
+            return []
+        with self._cond:
+            oldest_first = sorted(self._online, key=lambda u: self._online_since.get(u, 0.0))
+            locked = set(self._shared_locks)
+        sizes = {u: self._unit_bytes(u) for u in oldest_first}
+        used = sum(sizes.values())
+        if used <= start:
+            return []
+        evict: list[Unit] = []
+        for u in oldest_first:
+            if used <= stop:
+                break
+            if self._unit_locked(u, locked):
+                continue
+            evict.append(u)
+            used -= sizes[u]
+        if evict:
+            self._archive_units(evict)
+            self.evictions += len(evict)
+            log.info("Tidier archived %d unit(s) to bring main storage to %d bytes",
+                     len(evict), used)
+        return evict
+
+    def _unit_locked(self, unit: Unit, locked: set[int]) -> bool:
+        kind, uid = unit
+        if kind == "dataset":
+            return uid in locked
+        df = self.store.datafiles.get(uid)
+        return df is not None and df.dataset_id in locked
+
+    def _tidier_loop(self) -> None:
+        interval = max(self.cache.check_interval_s, 0.01)
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._cond.wait(interval)
+                if self._stopping:
+                    return
+            try:
+                self.tidy()
+            except Exception:  # the Tidier must survive one bad check
+                log.exception("Tidier size check failed")
 
     def fail_next_restores(self, count: int = 1, datafile_ids: Iterable[int] | None = None,
                            dataset_ids: Iterable[int] | None = None) -> dict[str, Any]:
@@ -331,6 +407,8 @@ class Storage:
     def _finish(self, unit: Unit) -> None:
         del self._restoring[unit]
         self._online.add(unit)
+        self._online_since[unit] = time.monotonic()
+        self.tidy()  # the lock is re-entrant: no moment with more online than the cache holds
         self._failed.discard(unit)
 
     def _worker_loop(self, q: queue.Queue) -> None:

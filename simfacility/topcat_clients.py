@@ -20,8 +20,11 @@ from typing import Any
 
 import requests
 
-ICAT_TIMEOUT_S = 15.0
-IDS_TIMEOUT_S = 30.0
+# TopCAT's HttpClient passes no read timeout to ICAT (-1), and `ids.timeout` is unset by default:
+# a slow ICAT or IDS makes TopCAT answer late, never give up (sim-fidelity rows 9 and 19). The
+# scenario keys `topcat.icat_timeout_s` / `topcat.ids_timeout_s` set one, as a facility may.
+ICAT_TIMEOUT_S: float | None = None
+IDS_TIMEOUT_S: float | None = None
 MAX_URL_IDS = 100  # getSize is split so each URL stays short (IdsClient: about 1024 chars)
 
 
@@ -83,7 +86,8 @@ def _http() -> requests.Session:
     return session
 
 
-def _call(service: str, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
+def _call(service: str, method: str, url: str, timeout: float | None,
+          **kwargs: Any) -> requests.Response:
     try:
         resp = _http().request(method, url, timeout=timeout, **kwargs)
     except requests.RequestException as exc:
@@ -102,7 +106,7 @@ def _call(service: str, method: str, url: str, timeout: float, **kwargs: Any) ->
 class IcatClient:
     """The ICAT REST calls TopCAT makes: session lookup, searches, and login (admin script)."""
 
-    def __init__(self, base_url: str, timeout: float = ICAT_TIMEOUT_S):
+    def __init__(self, base_url: str, timeout: float | None = ICAT_TIMEOUT_S):
         self.url = base_url.rstrip("/") + "/icat"
         self.timeout = timeout
 
@@ -132,7 +136,7 @@ class IcatClient:
 class IdsClient:
     """The IDS calls TopCAT makes (`IdsClient.java`): always `zip=true`."""
 
-    def __init__(self, base_url: str, timeout: float = IDS_TIMEOUT_S):
+    def __init__(self, base_url: str, timeout: float | None = IDS_TIMEOUT_S):
         self.url = base_url.rstrip("/") + "/ids"
         self.timeout = timeout
 

@@ -20,10 +20,18 @@ Choices for points the reference marks (inferred) or leaves open:
 - Single-level submit prepares at once and also asks the IDS for the size (as StatusCheck does),
   then sets COMPLETE. If that prepareData fails, the submit fails (IDS 404 -> 404, otherwise
   400) and the cart is kept.
-- Successor `customValue`: the immediate email is sent only if the download's email was not
-  already sent, so a retried PUT does not mail twice (`isEmailSent` means "sent exactly once").
-- Successor `prepare`: undeletes, clears `completedAt`/`deletedAt`, restarts `createdAt`, resets
-  `isEmailSent`, stores the admin session, prepares, and answers IDS errors as 404/400.
+- The features follow `topcat.version` (`simfacility.profiles`): `customValue` from 3.2.0 (its
+  mail goes out at once, even if one was already sent, with `${downloadUrl}` left literal), the
+  admin `prepare` from 3.1.0 (404 `HTTP 404 Not Found` before), `QUEUED` from 3.0.0.
+- Successor `prepare`: undeletes and clears `completedAt`/`deletedAt` (kept even if the IDS then
+  fails), prepares with the admin session without storing it, keeps `createdAt`,
+  `isEmailSent` and the user's session, asks getSize only when `size <= 0`, and answers IDS
+  errors as 404/400.
+- An admin status PUT does not reset StatusCheck's per-download clock, so the mail after an
+  agent's COMPLETE goes out on the first check at least `poll_interval_wait_s` after the
+  previous one, as in production (up to 600 s with TopCAT's defaults).
+- Mail templates render with `StringSubstitutor` rules (`simfacility.substitutor`); a cycle
+  fails a 3.2 customValue PUT with 500 and stops StatusCheck's mail (logged, not sent).
 - Malformed cart `items` answer 500 with a Java-like message, as `Long.parseLong` /
   `EntityType.valueOf` failures do in TopCAT. Entities ICAT does not return for the user are
   silently not added.
@@ -45,6 +53,7 @@ import requests
 from simfacility import mailer
 from simfacility.errors import TopcatError
 from simfacility.scenario import ScenarioError
+from simfacility.substitutor import SubstitutionCycle
 from simfacility.topcat_clients import (
     DataSelection,
     IcatClient,
@@ -62,6 +71,7 @@ log = logging.getLogger("simfacility.topcat")
 HTTP_TRANSPORTS = ("https", "http")
 ENTITY_TYPES = ("investigation", "dataset", "datafile")
 POLL_PERIOD_S = 0.1
+STATUSES_2_4 = tuple(s for s in STATUSES if s != "QUEUED")
 ICAT_CHUNK = 100
 
 
@@ -232,14 +242,14 @@ class TopcatState:
             return self._download_ids
 
     def icat(self) -> IcatClient:
-        return IcatClient(self._base_url())
+        return IcatClient(self._base_url(), timeout=self.config.icat_timeout_s)
 
     def download_url(self, transport: str) -> str:
         """`facility.F.downloadType.<t>`, falling back to idsUrl (this simulator's IDS)."""
         return self.config.download_types.get(transport) or self._base_url()
 
     def ids(self, transport: str) -> IdsClient:
-        return IdsClient(self.download_url(transport))
+        return IdsClient(self.download_url(transport), timeout=self.config.ids_timeout_s)
 
     def _base_url(self) -> str:
         if not self.fac.base_url:
@@ -262,7 +272,8 @@ class TopcatState:
             return False  # icatUrl=null: the ICAT call fails
         self.check_facility(facility_name, "AdminResource")
         try:
-            return self.icat().user_name(session_id or "null") in self.fac.config.admins
+            user = self.icat().user_name(session_id or "null")
+            return user in self.config.admin_user_names
         except (RemoteError, Unreachable, ValueError, KeyError):
             return False
 
@@ -294,26 +305,42 @@ class TopcatState:
 
     def set_status(self, download_id: int, value: str | None, session_id: str | None = None,
                    custom_value: str | None = None, admin: bool = False) -> None:
-        """PUT .../status: COMPLETE sets completedAt; the successor's customValue mails now."""
-        if value not in STATUSES:
+        """PUT .../status: COMPLETE sets completedAt; from 3.2.0 a customValue mails at once.
+
+        No transition check (as in every version). Before download-api 3.2.0 the `customValue`
+        field does not exist and is ignored; `QUEUED` exists only from 3.0.0. From 3.2.0 the
+        customValue mail is sent whatever `isEmailSent` says, with `downloadUrl` null; a
+        template that cannot be rendered (a substitution cycle) fails the whole PUT with 500 and
+        leaves the download unchanged (the exception rolls the transaction back).
+        """
+        features = self.config.features
+        statuses = STATUSES if features.queued_status else STATUSES_2_4
+        if value not in statuses:
             raise TopcatError("InternalException",
                               "java.lang.IllegalArgumentException No enum constant "
                               f"org.icatproject.topcat.domain.DownloadStatus.{value}", 500)
-        mail_now = False
+        mail: dict[str, Any] | None = None
         with self.lock:
             d = self.get(download_id)
-            if admin and value == "RESTORING" and d.status == "QUEUED":
-                value = "PREPARING"
-            if admin and value == "PREPARING" and session_id:
-                d.session_id = session_id
+            if admin and features.queued_status:
+                if value == "RESTORING" and d.status == "QUEUED":
+                    value = "PREPARING"
+                if value == "PREPARING" and session_id:
+                    d.session_id = session_id
+            if (admin and value == "COMPLETE" and custom_value and features.custom_value):
+                mail = self.mail_values(d, custom_value, download_url=False)
+                try:
+                    mailer.check_renders(self.fac, mail, d.transport)
+                except SubstitutionCycle as exc:
+                    raise TopcatError("InternalException",
+                                      f"java.lang.IllegalStateException {exc}", 500) from None
             d.status = value
             if value == "COMPLETE":
                 d.completed_at = now()
-                if custom_value and not d.is_email_sent:
-                    d.is_email_sent = mail_now = True
-            self._last_checks.pop(d.id, None)
-        if mail_now:
-            self.send_email(d, custom_value)
+                if mail is not None:
+                    d.is_email_sent = True
+        if mail is not None:
+            mailer.send_download_ready(self.fac, mail, d.email, d.id, d.transport)
 
     def set_deleted(self, download_id: int, value: str | None) -> None:
         flag = (value or "").lower() == "true"
@@ -331,19 +358,25 @@ class TopcatState:
         return d
 
     def admin_prepare(self, download_id: int, session_id: str) -> None:
-        """Successor `PUT /admin/download/{id}/prepare`: re-prepare with the admin session."""
+        """download-api 3.1+ `PUT /admin/download/{id}/prepare` (StatusCheck.prepareDownload).
+
+        Undeletes and clears `completedAt` first; those changes stay even when the IDS call then
+        fails (a checked TopcatException does not roll back, inferred). prepareData runs with
+        the admin session, which is not stored; `createdAt`, `isEmailSent` and the user's
+        `sessionId` are kept; getSize is asked only when the size is not known yet.
+        """
+        if not self.config.features.admin_prepare:
+            raise TopcatError("NotFoundException", "HTTP 404 Not Found", 404)
         d = self.get(download_id)
+        with self.lock:
+            d.is_deleted = False
+            d.deleted_at = d.completed_at = None
         try:
             prepared_id = self.ids(d.transport).prepare_data(session_id, d.selection())
         except (RemoteError, Unreachable) as exc:
             raise ids_error(exc) from exc
-        size = self._size(d.transport, session_id, d.selection())
+        size = d.size if d.size > 0 else self._size(d.transport, session_id, d.selection())
         with self.lock:
-            d.session_id = session_id
-            d.is_deleted = False
-            d.deleted_at = d.completed_at = None
-            d.created_at, d.created_ts = now(), time.time()
-            d.is_email_sent = False
             self._finish_prepare(d, prepared_id, size)
 
     def _finish_prepare(self, d: Download, prepared_id: str, size: int) -> None:
@@ -486,17 +519,31 @@ class TopcatState:
             return user
 
     # ------------------------------------------------------------------ email
-    def send_email(self, d: Download, custom_value: str | None = None) -> None:
+    def mail_values(self, d: Download, custom_value: str | None = None,
+                    download_url: bool = True) -> dict[str, Any]:
+        """The substitution map of `sendDownloadReadyEmail`; `downloadUrl` is null on the 3.2
+        customValue path."""
         values: dict[str, Any] = {
             "userName": d.full_name or d.user_name, "email": d.email,
             "facilityName": d.facility_name, "preparedId": d.prepared_id,
             "downloadUrl": (f"{self.download_url(d.transport)}/ids/getData?"
-                            f"preparedId={d.prepared_id}&outname={d.file_name}"),
+                            f"preparedId={d.prepared_id}&outname={d.file_name}"
+                            if download_url else None),
             "fileName": d.file_name, "size": mailer.human_size(max(d.size, 0)),
         }
         if custom_value:
             values["customValue"] = custom_value
-        mailer.send_download_ready(self.fac, values, d.email, d.id, d.transport)
+        return values
+
+    def send_email(self, d: Download) -> bool:
+        """StatusCheck's mail: a template that cannot be rendered is logged, never sent."""
+        try:
+            mailer.send_download_ready(self.fac, self.mail_values(d), d.email, d.id,
+                                       d.transport)
+        except SubstitutionCycle as exc:
+            log.warning("download %s: could not render the mail: %s", d.id, exc)
+            return False
+        return True
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, base_url: str) -> None:

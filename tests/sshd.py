@@ -18,6 +18,7 @@ import getpass
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -89,6 +90,22 @@ class SshServer:
         except OSError:
             return ""
 
+    def restart(self, timeout: float = 15.0) -> None:
+        """Kill every connection (the per-session sshd children) and the listener, then
+        start sshd again on the same port: what a restarted or rebooted host does to
+        clients."""
+        assert self.proc is not None, "not running"
+        for pid in _descendants(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.stop()
+        sshd = find_sshd()
+        assert sshd is not None
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        _wait_for_banner(self, timeout)
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -99,6 +116,25 @@ class SshServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _config(server: SshServer, host_key: Path, sftp_flags: tuple[str, ...]) -> str:

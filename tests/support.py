@@ -43,10 +43,10 @@ def pipeline_for(sim, tmp_path: Path, *, transports=("globus",), state_dir: Path
     is `file://<tmp_path>/target` unless `target_url` (e.g. an `sftp://` URL) is given.
     `target_kw` go to every TargetConfig (`storage_options`, `source`, ...)."""
     base = target_url.rstrip("/") if target_url else f"file://{tmp_path / 'target'}"
-    fac = FacilityConfig(facility_name="LILS", icat_url=sim.url, ids_url=sim.url,
-                         topcat_url=sim.url, username="pollcat", password="pollpass",
-                         timeout_seconds=10,
-                         **(facility_kw or {}))
+    fac = FacilityConfig(**{"facility_name": "LILS", "icat_url": sim.url, "ids_url": sim.url,
+                            "topcat_url": sim.url, "username": "pollcat",
+                            "password": "pollpass", "timeout_seconds": 10,
+                            **(facility_kw or {})})
     routes = {t: TargetConfig(url=f"{base}/{t}", **target_kw)
               for t in transports}
     cfg = PipelineConfig(facility=fac, routes=routes, state_dir=state_dir or tmp_path / "state",
@@ -99,3 +99,18 @@ def delivered_files(root: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in root.rglob("*")
             if p.is_file() and not p.name.startswith(".pollcat") and
             not p.name.endswith(".pollcat-part") and p.name != "pollcat-manifest.json"}
+
+
+class BytesSource:
+    """A `Readable` over bytes, opened at an offset: a stand-in for an IDS stream."""
+
+    def __init__(self, data: bytes, offset: int = 0):
+        self.data, self.pos = data, offset
+
+    def read(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def close(self) -> None:
+        pass

@@ -28,12 +28,10 @@ def open_pipeline(facility_block: str) -> Iterator[Pipeline]:
 def send_pollcat_logs_to_prefect() -> None:
     """pollcat's own log lines (warnings about retries, expiries) belong in the run logs an
     operator reads, not only on the worker's stderr. Idempotent."""
-    logsafe.install()
     pollcat_logger = logging.getLogger("pollcat")
     if not any(isinstance(h, APILogHandler) for h in pollcat_logger.handlers):
-        handler = APILogHandler()
-        handler.addFilter(logsafe.RedactingFilter())
-        pollcat_logger.addHandler(handler)
+        pollcat_logger.addHandler(APILogHandler())
+    logsafe.install()  # on every handler, this one included
     if pollcat_logger.level == logging.NOTSET or pollcat_logger.level > logging.INFO:
         pollcat_logger.setLevel(logging.INFO)
 

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pollcat.flows.common import open_pipeline, settle_run, task_submitter
-from pollcat.tasks.report import publish_report
+from pollcat.tasks.report import emit_condition_events, publish_report, publish_status
 
 
 @flow(name="pollcat-deliver", flow_run_name="deliver-{facility}-{download_id}",
@@ -21,6 +21,8 @@ def deliver_download(download_id: int, facility: str, force: bool = False):
         d = pipeline.download_by_id(download_id)
         outcome = pipeline.run_one(d, submit=task_submitter(pipeline))
         publish_report(pipeline.facility_name, [outcome])
+        publish_status(pipeline, [outcome])
+        emit_condition_events(pipeline, [outcome])
         return settle_run([outcome], pipeline.facility_name) or outcome.row()
 
 

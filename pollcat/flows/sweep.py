@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pollcat.flows.common import open_pipeline, settle_run, task_submitter
-from pollcat.tasks.report import publish_report
+from pollcat.tasks.report import emit_condition_events, publish_report, publish_status
 from pollcat.tasks.steps import discover
 
 
@@ -20,6 +20,8 @@ def sweep(facility: str):
         downloads = discover(pipeline)
         outcomes = pipeline.sweep(downloads, submit=task_submitter(pipeline))
         rows = publish_report(pipeline.facility_name, outcomes)
+        publish_status(pipeline, outcomes)
+        emit_condition_events(pipeline, outcomes)
         get_run_logger().info("sweep done: %s",
                               sorted({str(o.outcome) for o in outcomes}) or "idle")
         return settle_run(outcomes, pipeline.facility_name) or rows

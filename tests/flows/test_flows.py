@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pollcat.blocks import DeliveryTarget, PollcatFacility
@@ -60,8 +62,17 @@ def test_sweep_flow_delivers_isolates_and_reports(make_sim, tmp_path):
         async with get_client() as client:
             return await client.read_latest_artifacts()
 
-    arts = [a for a in run_coro_as_sync(latest()) if a.key == "pollcat-sweep-lils"]
-    assert arts and arts[0].type == "table"
+    arts = {a.key: a for a in run_coro_as_sync(latest())}
+    assert arts["pollcat-sweep-lils"].type == "table"
+    status = json.loads(arts["pollcat-status-lils"].data)
+    by_id = {row["download_id"]: row for row in status}
+    assert by_id[bob_id]["state"] == "expired" and "bad" in by_id[bob_id]["reason"]
+    assert by_id[alice_id]["state"] == "completed"
+    # an idle sweep (nothing to do) does not overwrite what the operator reads
+    sweep(facility="flowtest")
+    again = {a.key: a for a in run_coro_as_sync(latest())}
+    assert again["pollcat-sweep-lils"].id == arts["pollcat-sweep-lils"].id
+    assert again["pollcat-status-lils"].id == arts["pollcat-status-lils"].id
 
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
@@ -120,3 +131,30 @@ def test_check_flow_passes_and_fails_by_the_blocks(make_sim, tmp_path):
                                                               overwrite=True)
     state = check(facility="checktest", return_state=True)
     assert state.is_failed() and "target scarf reachable" in state.message
+
+
+def test_condition_events_for_operators(make_sim, tmp_path, monkeypatch):
+    """A held target, a download expired, a restore waiting past alert_waiting_hours: each is
+    a pollcat event that an automation matches."""
+    import pollcat.tasks.report as report
+    from pollcat.pipeline import Outcome
+    from pollcat.states import OutcomeKind
+    from tests.support import pipeline_for
+
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(report, "emit_event",
+                        lambda event, resource, payload: sent.append((event, resource)))
+    sim = make_sim(scenario())
+    pipe = pipeline_for(sim, tmp_path)
+    pipe.state.update(3, first_seen="2000-01-01T00:00:00+00:00")
+    pipe.state.update(4)
+    outcomes = [Outcome(1, transport="globus", outcome=OutcomeKind.HELD, reason="full"),
+                Outcome(2, transport="globus", outcome=OutcomeKind.HELD, reason="full"),
+                Outcome(3, transport="globus", outcome=OutcomeKind.WAITING),
+                Outcome(4, transport="globus", outcome=OutcomeKind.WAITING),
+                Outcome(5, transport="globus", outcome=OutcomeKind.EXPIRED, reason="bad")]
+    assert report.emit_condition_events(pipe, outcomes) == 3
+    assert [e for e, _ in sent] == ["pollcat.target.held", "pollcat.download.stuck",
+                                    "pollcat.download.expired"]
+    assert sent[0][1]["prefect.resource.id"] == "pollcat.target.LILS.globus"
+    assert sent[1][1]["prefect.resource.id"] == "pollcat.download.LILS.3"

@@ -184,3 +184,46 @@ def test_sftp_protocol_sets_modes_and_numeric_owner(account_db, target_root):  #
             assert (target_root / FILES[0]).stat().st_uid == 0
         finally:
             transport.close()
+
+
+def test_sftp_delivery_grants_through_the_helper(make_sim, tmp_path, account_db,  # noqa: F811
+                                                 target_root):  # noqa: F811
+    """A whole delivery over SFTP with an access policy: the data goes through SFTP with one
+    key, the grant through the forced-command helper with another, before COMPLETE."""
+    from pollcat.state import StateStore
+    from pollcat.states import OutcomeKind
+    from tests.conftest import scenario
+    from tests.support import delivered_files, pipeline_for, statuses, wait_status
+
+    alice, bob = account_db.add_user("alice"), account_db.add_user("bob")
+    root = target_root / "globus"
+    root.mkdir()
+    root.chmod(0o711)
+    with running_sshd() as server:
+        helper_key = server.dir / "helper_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(helper_key)],
+                       check=True, timeout=30)
+        command = f"{PYTHON} {HELPER} --root {root} --passwd-file {account_db.root}/etc/passwd"
+        keys = server.dir / "authorized_keys" / server.user
+        keys.write_text(server.client_key.with_suffix(".pub").read_text() +
+                        f'restrict,command="{command}" '
+                        f"{helper_key.with_suffix('.pub').read_text()}")
+        sim = make_sim(scenario(downloads=[{
+            "user": "simple/alice", "transport": "globus", "file_name": "alice_run42",
+            "items": [{"investigation": "INV-001", "dataset": "run-42"}]}]))
+        wait_status(sim.url, "RESTORING")
+        helper = {"host": server.host, "port": server.port, "user": server.user,
+                  "key_file": str(helper_key), "known_hosts": str(server.known_hosts)}
+        pipe = pipeline_for(sim, tmp_path, target_url=server.url(target_root),
+                            storage_options=server.storage_options(), access={},
+                            access_helper=helper)
+        (out,) = pipe.sweep()
+        assert out.outcome == OutcomeKind.COMPLETED, out
+    assert statuses(sim.url) == {1: "COMPLETE"}
+    files = delivered_files(root)
+    assert len(files) == 2
+    for path in files.values():
+        assert can_read(alice, path), path
+        assert not can_read(bob, path), path
+    grants = StateStore(tmp_path / "state", "LILS").get(1).grants
+    assert grants and all(g["hook"] == "ssh-helper" for g in grants)

@@ -74,3 +74,36 @@ def test_a_target_root_that_is_a_file_fails(make_sim, tmp_path):
     results = {r.what: r for r in run_checks(pipe.cfg, pipe.clients)}
     assert results["target globus reachable"].verdict is Verdict.FAIL
     assert "target globus writable" not in results
+
+
+def _split(make_sim, *, icat: list[str], topcat: list[str], ids: list[str]):
+    return make_sim(scenario(admins=[], icat={"read_all": icat}, ids={"root_user_names": ids},
+                             topcat={"admin_user_names": topcat, "poll_delay_s": 0,
+                                     "poll_interval_wait_s": 0.2}))
+
+
+def test_the_three_privileges_are_told_apart(make_sim, tmp_path):
+    """ICAT read rules, IDS rootUserNames and TopCAT adminUserNames are granted separately;
+    the check names the one that is missing."""
+    me = ["simple/pollcat"]
+    (tmp_path / "target/globus").mkdir(parents=True)
+    cases = {
+        "no ICAT read rule": (dict(icat=[], topcat=me, ids=[]),
+                              {"icat read rules": Verdict.WARN, "topcat admin": Verdict.OK}),
+        "no TopCAT admin": (dict(icat=me, topcat=[], ids=[]),
+                            {"icat read rules": Verdict.OK, "topcat admin": Verdict.FAIL}),
+        "all three": (dict(icat=me, topcat=me, ids=me),
+                      {"icat read rules": Verdict.OK, "topcat admin": Verdict.OK}),
+    }
+    for name, (privileges, expected) in cases.items():
+        sim = _split(make_sim, **privileges)
+        pipe = pipeline_for(sim, tmp_path)
+        results = {r.what: r for r in run_checks(pipe.cfg, pipe.clients)}
+        got = {k: results[k].verdict for k in expected}
+        assert got == expected, (name, {k: results[k].line() for k in results})
+        ids_root = next(r for k, r in results.items() if k.startswith("ids root"))
+        assert ("more than pollcat needs" in ids_root.detail) == bool(privileges["ids"]), name
+        if expected["icat read rules"] is Verdict.WARN:
+            assert "ICAT read rules" in results["icat read rules"].detail
+        if expected["topcat admin"] is Verdict.FAIL:
+            assert "adminUserNames" in results["topcat admin"].detail

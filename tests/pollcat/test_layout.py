@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from pollcat.errors import ConfigurationError, InvalidUserName, UnsafePathError
 from pollcat.layout import (
     DEFAULT_LAYOUT,
+    check_not_reserved,
     check_relpath,
-    download_dir,
-    join_under,
     map_user,
     render_path,
 )
@@ -87,14 +84,6 @@ def test_check_relpath_accepts_dots_inside_names():
     assert check_relpath("a/..b/c..d/.hidden/...") == "a/..b/c..d/.hidden/..."
 
 
-def test_download_dir():
-    assert download_dir(DEFAULT_LAYOUT, FIELDS) == "alice/my-download"
-    assert download_dir("{facility}/pollcat-{download_id}/{dataset}/{datafile}",
-                        FIELDS) == "LILS/pollcat-42"
-    assert download_dir("{dataset}/{datafile}", FIELDS) == ""
-    assert download_dir("{user}/{download}-{dataset}/{datafile}", FIELDS) == "alice"
-
-
 # --- users ----------------------------------------------------------------------------------
 
 
@@ -139,30 +128,38 @@ def test_unknown_rule():
 # --- joining --------------------------------------------------------------------------------
 
 
-def test_join_under():
-    assert join_under("/data/users", "alice/x") == "/data/users/alice/x"
-    assert join_under("/data/users/", "alice/x") == "/data/users/alice/x"
-    assert join_under("/", "alice/x") == "/alice/x"
-    assert join_under("bucket/prefix", "a") == "bucket/prefix/a"
-    with pytest.raises(ConfigurationError):
-        join_under("", "a")
-    for bad in ("../x", "a/../../x", "/etc/passwd", "a//b", "a\\b"):
-        with pytest.raises(UnsafePathError):
-            join_under("/data/users", bad)
+# --- regressions from the hostile-name suite ------------------------------------------------
 
 
-def test_join_under_local_symlinks(tmp_path):
-    root = tmp_path / "root"
-    (root / "alice").mkdir(parents=True)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    os.symlink(outside, root / "alice" / "escape")
-    os.symlink(root / "alice", root / "inner")  # stays inside: fine
-    assert join_under(str(root), "alice/escape/f") == f"{root}/alice/escape/f"  # lexical only
-    with pytest.raises(UnsafePathError, match="symbolic link"):
-        join_under(str(root), "alice/escape/f", local=True)
-    assert join_under(str(root), "inner/new/dir/f", local=True) == f"{root}/inner/new/dir/f"
-    # the root itself may be a symlink
-    link_root = tmp_path / "rootlink"
-    os.symlink(root, link_root)
-    assert join_under(str(link_root), "alice/f", local=True) == f"{link_root}/alice/f"
+def test_account_with_a_trailing_newline_is_refused():
+    """`re.match` with `$` accepted "eve\\n"; the account must match as a whole."""
+    with pytest.raises(InvalidUserName):
+        map_user("simple/eve\n")
+
+
+@pytest.mark.parametrize("icat", ["simple/root", "simple/daemon", "ldap/nobody",
+                                  "simple/www-data"])
+def test_system_accounts_are_refused_unless_mapped(icat):
+    with pytest.raises(InvalidUserName) as info:
+        map_user(icat)
+    assert "system account" in str(info.value) and icat in str(info.value)
+    assert map_user(icat, mapping={icat: "root"}) == "root"  # an operator's explicit choice
+
+
+@pytest.mark.parametrize("rel", ["dl/.pollcat", "dl/.pollcat/x", "dl/pollcat-manifest.json",
+                                 "dl/.pollcat-claim", "dl/pollcat-manifest.json/INV/x"])
+def test_reserved_names_below_the_download_dir(rel):
+    with pytest.raises(UnsafePathError) as info:
+        check_not_reserved(rel, "dl")
+    assert rel in str(info.value)
+
+
+@pytest.mark.parametrize("rel", ["dl/INV/.pollcat", "dl/INV/1/ds/pollcat-manifest.json",
+                                 "dl/.pollcatx", "dl/x.pollcat-part"])
+def test_reserved_names_only_at_the_first_level(rel):
+    assert check_not_reserved(rel, "dl") == rel
+
+
+def test_reserved_check_refuses_paths_outside_the_download_dir():
+    with pytest.raises(UnsafePathError):
+        check_not_reserved("other/x", "dl")

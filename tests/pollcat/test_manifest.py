@@ -12,7 +12,6 @@ from dataclasses import replace
 
 import fsspec
 import pytest
-from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pollcat.errors import TargetError
@@ -24,20 +23,12 @@ from pollcat.manifest import (
     read_manifest,
     write_manifest,
 )
+from pollcat.targetfs import LocalTarget
+from pollcat.targetfs import open_target as T
 from pollcat.transfer import FileJob, write_file
+from tests.support import BytesSource
 
-
-class Source:
-    def __init__(self, data: bytes, offset: int):
-        self.data, self.pos = data, offset
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def close(self) -> None:
-        pass
+Source = BytesSource
 
 
 def job(i: int, data: bytes, rel: str, checksum: str | None = "auto") -> FileJob:
@@ -69,10 +60,10 @@ def jobs() -> list[FileJob]:
 
 def deliver(fs, root) -> Manifest:
     js = jobs()
-    results = [write_file(fs, root, j) for j in js]
-    return write_manifest(fs, f"{root}/{BASE}", facility="LILS", download_id=42,
+    results = [write_file(T(fs, root), j, staging=f"{BASE}/.pollcat") for j in js]
+    return write_manifest(T(fs, root), BASE, facility="LILS", download_id=42,
                           file_name="my-download", user="alice", transport="sftp",
-                          files=manifest_files(js, BASE, results), rel_dir=BASE)
+                          files=manifest_files(js, BASE, results))
 
 
 def test_write_and_read_back(target):
@@ -85,10 +76,11 @@ def test_write_and_read_back(target):
     assert data["transport"] == "sftp" and data["completed_at"].endswith("Z")
     assert data["totals"] == {"files": 3, "bytes": len(DATAS[0]) + len(DATAS[1])}
     assert data["files"][0] == {"path": "INV/1/ds/a.txt", "size": len(DATAS[0]),
-                                "crc32": format(zlib.crc32(DATAS[0]), "x"), "datafile_id": 1}
+                                "crc32": format(zlib.crc32(DATAS[0]), "x"), "datafile_id": 1,
+                                "verified_by": "icat-crc32"}
     # no checksum in ICAT: the computed one is recorded
     assert data["files"][2]["crc32"] == format(zlib.crc32(b""), "x")
-    assert read_manifest(fs, f"{root}/{BASE}") == written
+    assert read_manifest(T(fs, root), BASE) == written
     assert not [p for p in fs.find(root) if "pollcat-part" in p]
 
 
@@ -109,7 +101,7 @@ def test_covers(target):
 
 def test_absent_and_corrupt_manifests_are_none(target, caplog):
     fs, root = target
-    assert read_manifest(fs, f"{root}/{BASE}") is None
+    assert read_manifest(T(fs, root), BASE) is None
     fs.makedirs(f"{root}/{BASE}", exist_ok=True)
     for junk in (b"{not json", b"[]", b'{"facility": "LILS"}', b"\xff\xfe",
                  json.dumps({"facility": "x", "download_id": "NaN?", "file_name": "f",
@@ -117,32 +109,31 @@ def test_absent_and_corrupt_manifests_are_none(target, caplog):
                              "files": []}).encode()):
         fs.pipe(f"{root}/{BASE}/{MANIFEST_NAME}", junk)
         with caplog.at_level(logging.WARNING, logger="pollcat.manifest"):
-            assert read_manifest(fs, f"{root}/{BASE}") is None
+            assert read_manifest(T(fs, root), BASE) is None
     assert "unreadable manifest" in caplog.text
 
 
 def test_rewrite_replaces(target):
     fs, root = target
     deliver(fs, root)
-    second = write_manifest(fs, f"{root}/{BASE}", facility="LILS", download_id=42,
+    second = write_manifest(T(fs, root), BASE, facility="LILS", download_id=42,
                             file_name="my-download", user="alice", transport="sftp",
-                            files=[ManifestFile("x", 1, "1", 9)], rel_dir=BASE)
-    assert read_manifest(fs, f"{root}/{BASE}") == second
-    assert [p for p in fs.find(root) if MANIFEST_NAME in p] == [
+                            files=[ManifestFile("x", 1, "1", 9)])
+    assert read_manifest(T(fs, root), BASE) == second
+    assert [p for p in fs.find(root) if MANIFEST_NAME in p and "pollcat-part" not in p] == [
         f"{root}/{BASE}/{MANIFEST_NAME}".replace("//", "/")]
 
 
 def test_refusing_target(tmp_path):
-    class ReadOnly(LocalFileSystem):
-        def _open(self, path, mode="rb", **kwargs):
-            if "r" not in mode:
-                raise PermissionError(errno.EACCES, "Permission denied", path)
-            return super()._open(path, mode, **kwargs)
+    class ReadOnly(LocalTarget):
+        def create(self, rel):
+            raise PermissionError(errno.EACCES, "Permission denied", rel)
 
     with pytest.raises(TargetError):
-        write_manifest(ReadOnly(skip_instance_cache=True), str(tmp_path), facility="F",
+        write_manifest(ReadOnly(str(tmp_path)), "dl", facility="F",
                        download_id=1, file_name="f", user="u", transport="t", files=[])
-    assert not (tmp_path / MANIFEST_NAME).exists()
+    assert not (tmp_path / "dl" / MANIFEST_NAME).exists()
+    assert not list(tmp_path.rglob("*.pollcat-part"))
 
 
 def test_manifest_files_refuses_paths_outside_base():

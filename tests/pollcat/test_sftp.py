@@ -131,8 +131,10 @@ def test_sftp_continues_a_part_file_left_by_a_crashed_run(make_sim, tmp_path, sf
     sim = make_sim(scenario(downloads=[ALICE_RUN42]))
     scan = _datafile(sim, "scan_0001.nxs")
     root = tmp_path / "target"
-    part = root / "globus/alice/alice_run42/INV-001/1/run-42/.scan_0001.nxs.pollcat-part"
-    part.parent.mkdir(parents=True)
+    staging = root / "globus/alice/alice_run42/.pollcat"  # as pollcat makes it: 0700
+    staging.parent.mkdir(parents=True)
+    staging.mkdir(mode=0o700)
+    part = staging / f"{scan.id}.pollcat-part"  # named by the datafile id
     part.write_bytes(b"".join(scan.iter_bytes())[:300_000])
     pipe = pipeline_for(sim, tmp_path, target_url=sftp.url(root),
                         storage_options=sftp.storage_options())
@@ -183,3 +185,40 @@ def test_sftp_refusing_target_expires_the_download(make_sim, tmp_path, sftp, set
     assert reason.startswith(f"download {download_id}: target refused"), reason
     assert why in reason, reason
     assert outcomes[0].reason == reason
+
+
+def test_a_restarted_sshd_mid_transfer_reconnects_within_the_sweep(make_sim, tmp_path, sftp):
+    """fsspec cached the SSH filesystem, so a dropped connection used to fail the rest of the
+    sweep; now the delivery reconnects and continues from its part files in the same sweep."""
+    import threading
+    import time
+
+    scn = scenario(downloads=[ALICE_RUN42])
+    scn["investigations"][0]["datasets"][0]["datafiles"][0]["size"] = 24 << 20
+    sim = make_sim(scn)
+    wait_status(sim.url, "RESTORING")
+    big = _datafile(sim, "scan_0001.nxs")
+    # slow the big file's stream so the restart lands mid-transfer
+    sim.add_fault(kind="stall", service="ids", endpoint="getData", after_bytes=8 << 20,
+                  seconds=1.5, count=1, params={"datafileIds": str(big.id)})
+    root = tmp_path / "sftp-root"
+    root.mkdir()
+    pipe = pipeline_for(sim, tmp_path, target_url=sftp.url(root),
+                        storage_options=sftp.storage_options())
+
+    def restart_when_writing() -> None:
+        deadline = time.monotonic() + 30
+        while not list(root.rglob("*.pollcat-part")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        sftp.restart()
+
+    restarter = threading.Thread(target=restart_when_writing)
+    restarter.start()
+    (out,) = pipe.sweep(budget_s=5)
+    restarter.join()
+    assert out.outcome == "completed", out  # in this same sweep
+    assert statuses(sim.url) == {1: "COMPLETE"}
+    scan = root / "globus/alice/alice_run42/INV-001/1/run-42/scan_0001.nxs"
+    assert scan.stat().st_size == big.size and int(crc_hex(scan), 16) == int(big.checksum, 16)
+    assert not list(root.rglob("*.pollcat-part"))

@@ -15,6 +15,7 @@ from pollcat.pipeline import Pipeline
 from pollcat.state import StateStore
 from pollcat.states import OutcomeKind, Verdict
 from tests.conftest import scenario
+from tests.pollcat.test_ledger_sql import pg_server  # noqa: F401  (fixture)
 from tests.support import (
     crc_hex,
     delivered_files,
@@ -232,3 +233,61 @@ def test_the_ledger_holds_no_prepared_id(make_sim, tmp_path):
     assert old not in text and downloads(sim.url)[1]["preparedId"] not in text
     secrets = tmp_path / "state/LILS/secrets"
     assert secrets.stat().st_mode & 0o077 == 0
+
+
+def test_a_restore_that_never_finishes_ends_at_the_waiting_deadline(make_sim, tmp_path):
+    sim = make_sim(scenario(downloads=[ALICE], restore={"latency_s": 600,
+                                                       "bytes_per_s": 1_000_000_000}))
+    wait_status(sim.url, "RESTORING")
+    pipe = pipeline_for(sim, tmp_path)
+    (first,) = pipe.sweep(budget_s=0.2)
+    assert first.outcome == OutcomeKind.WAITING
+    _ledger(tmp_path).update(1, first_seen="2000-01-01T00:00:00+00:00")
+    (late,) = pipe.sweep(budget_s=0.2)
+    assert late.outcome == OutcomeKind.EXPIRED and "did not have the data online" in late.reason
+    assert statuses(sim.url) == {1: "EXPIRED"}
+
+
+def test_a_prepare_that_times_out_is_not_an_attempt(make_sim, tmp_path):
+    """TopCAT's admin prepare of a large selection can outlive the HTTP timeout."""
+    sim = make_sim(scenario(downloads=[ALICE]))
+    wait_status(sim.url, "RESTORING")
+    sim.add_fault(kind="forget_prepared")
+    sim.add_fault(kind="error", service="topcat", endpoint="admin/download/*/prepare",
+                  status=504, count=1, message="gateway timeout")
+    pipe = pipeline_for(sim, tmp_path)
+    (first,) = pipe.sweep()
+    assert first.outcome == OutcomeKind.RETRY and "gateway timeout" in first.reason
+    assert _ledger(tmp_path).get(1).prepare_attempts == 0
+    for _ in range(3):
+        if pipe.sweep()[0].outcome == OutcomeKind.COMPLETED:
+            break
+    assert statuses(sim.url) == {1: "COMPLETE"}
+    assert _ledger(tmp_path).get(1).prepare_attempts == 1
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_the_pipeline_on_a_shared_sql_ledger(make_sim, tmp_path, db, request):
+    """Two workers with separate state dirs but one database ledger: the download is delivered
+    once, the second worker finds it completed, and the ledger holds no preparedId."""
+    from pydantic import SecretStr
+
+    from pollcat.ledger_sql import sqlite_url
+
+    if db == "sqlite":
+        url = sqlite_url(tmp_path / "ledger.db")
+    else:
+        postgres = request.getfixturevalue("pg_server")
+        url = postgres.create_database()
+    sim = make_sim(scenario(downloads=[ALICE]))
+    wait_status(sim.url, "RESTORING")
+    workers = []
+    for n in "AB":
+        base = pipeline_for(sim, tmp_path, state_dir=tmp_path / f"state-{n}")
+        workers.append(Pipeline(base.cfg.model_copy(update={"ledger_url": SecretStr(url)})))
+    (first,) = workers[0].sweep()
+    assert first.outcome == OutcomeKind.COMPLETED
+    assert workers[1].sweep() == []  # TopCAT says COMPLETE: nothing to discover
+    rec = workers[1].state.get(1)
+    assert rec.verdict == Verdict.COMPLETED and rec.files == 2
+    assert not list((tmp_path / "state-A" / "LILS").glob("ledger/*.json"))

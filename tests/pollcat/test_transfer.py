@@ -14,7 +14,6 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pollcat.errors import (
@@ -22,21 +21,47 @@ from pollcat.errors import (
     ResumeNotSupported,
     SizeMismatch,
     TargetError,
+    TargetUnavailable,
     TransientError,
     UnsafePathError,
+    UnsafeTargetPath,
 )
+from pollcat.storage import link_or_copy
+from pollcat.targetfs import LocalTarget
+from pollcat.targetfs import open_target as T
 from pollcat.transfer import (
     FileJob,
     FileResult,
+    Reopen,
     crc_matches,
-    link_or_copy,
-    part_name,
     run_jobs,
     write_file,
     write_stream_entry,
 )
 
 DATA = os.urandom(3 * (1 << 20) + 12345)
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    """Reopen at once in these tests; the delays themselves are checked separately."""
+    slept: list[float] = []
+    monkeypatch.setattr("pollcat.transfer._sleep", slept.append)
+    return slept
+
+
+def part_name(final: str) -> str:
+    """Where a job's part file is: `<root>/.pollcat/<datafile id>.pollcat-part` (id 7)."""
+    root = final.split("/alice/")[0]
+    return f"{root}/.pollcat/7.pollcat-part"
+
+
+def make_staging(fs, root) -> None:
+    """The staging directory as pollcat makes it (0700), for tests that plant a part file."""
+    if hasattr(fs, "local_file") or fs.protocol in ("file", ("file", "local")):
+        os.makedirs(f"{root}/.pollcat", mode=0o700, exist_ok=True)
+    else:
+        fs.makedirs(f"{root}/.pollcat", exist_ok=True)
 
 
 def hexcrc(data: bytes) -> str:
@@ -126,7 +151,7 @@ def test_crc_matches_without_zero_padding():
 def test_fresh_download(target):
     fs, root = target
     progress = []
-    result = write_file(fs, root, make_job(), chunk=1 << 20, on_progress=progress.append)
+    result = write_file(T(fs, root), make_job(), chunk=1 << 20, on_progress=progress.append)
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
     assert all_files(fs, root) == ["alice/dl/ds/sub/file.nxs"]
     assert result == FileResult(7, "alice/dl/ds/sub/file.nxs", len(DATA), result.seconds,
@@ -136,9 +161,9 @@ def test_fresh_download(target):
 
 def test_existing_verified_file_is_skipped_without_fetching(target):
     fs, root = target
-    write_file(fs, root, make_job())
+    write_file(T(fs, root), make_job())
     server = Server()
-    result = write_file(fs, root, make_job(server))
+    result = write_file(T(fs, root), make_job(server))
     assert result.skipped and result.crc32 == zlib.crc32(DATA) and result.fetched == 0
     assert server.opens == []
 
@@ -148,13 +173,13 @@ def test_wrong_existing_file_is_replaced_not_duplicated(target):
     final = f"{root}/alice/dl/ds/sub/file.nxs"
     fs.makedirs(f"{root}/alice/dl/ds/sub", exist_ok=True)
     fs.pipe(final, b"old version of the file")
-    result = write_file(fs, root, make_job())
+    result = write_file(T(fs, root), make_job())
     assert not result.skipped
     assert fs.cat(final) == DATA
     assert all_files(fs, root) == ["alice/dl/ds/sub/file.nxs"]
     # same size, wrong bytes: also replaced
     fs.pipe(final, bytes(len(DATA)))
-    assert not write_file(fs, root, make_job()).skipped
+    assert not write_file(T(fs, root), make_job()).skipped
     assert fs.cat(final) == DATA
 
 
@@ -167,7 +192,7 @@ def test_wrong_existing_file_is_replaced_not_duplicated(target):
 def test_broken_connection_resumes_at_offset(target, exc):
     fs, root = target
     server = Server(breaks=[1_000_000, 5, 1_500_000], exc=exc)
-    result = write_file(fs, root, make_job(server))
+    result = write_file(T(fs, root), make_job(server))
     assert server.opens == [0, 1_000_000, 1_000_005, 2_500_005]
     assert all(s.closed for s in server.sources)
     assert result.resumed == 3 and result.fetched == len(DATA)
@@ -179,7 +204,7 @@ def test_too_many_breaks_gives_up_and_keeps_part(target):
     fs, root = target
     server = Server(breaks=[100_000] * 10)
     with pytest.raises(TransientError) as info:
-        write_file(fs, root, make_job(server), max_resumes=2)
+        write_file(T(fs, root), make_job(server), reopen=Reopen(max_resumes=2))
     assert "sub/file.nxs" in str(info.value)
     assert len(server.opens) == 3
     part = part_name(f"{root}/alice/dl/ds/sub/file.nxs")
@@ -187,7 +212,7 @@ def test_too_many_breaks_gives_up_and_keeps_part(target):
     assert not fs.exists(f"{root}/alice/dl/ds/sub/file.nxs")
     # the next attempt continues from the part file
     server2 = Server()
-    result = write_file(fs, root, make_job(server2))
+    result = write_file(T(fs, root), make_job(server2))
     assert server2.opens == [300_000]
     assert result.resumed == 1 and result.fetched == len(DATA) - 300_000
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
@@ -196,10 +221,10 @@ def test_too_many_breaks_gives_up_and_keeps_part(target):
 
 def test_part_file_left_by_crash_is_continued(target):
     fs, root = target
-    fs.makedirs(f"{root}/alice/dl/ds/sub", exist_ok=True)
+    make_staging(fs, root)
     fs.pipe(part_name(f"{root}/alice/dl/ds/sub/file.nxs"), DATA[:1_234_567])
     server = Server()
-    result = write_file(fs, root, make_job(server))
+    result = write_file(T(fs, root), make_job(server))
     assert server.opens == [1_234_567]
     assert result.crc32 == zlib.crc32(DATA)
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
@@ -208,22 +233,22 @@ def test_part_file_left_by_crash_is_continued(target):
 
 def test_stale_part_with_wrong_bytes_fails_then_recovers(target):
     fs, root = target
-    fs.makedirs(f"{root}/alice/dl/ds/sub", exist_ok=True)
+    make_staging(fs, root)
     part = part_name(f"{root}/alice/dl/ds/sub/file.nxs")
     fs.pipe(part, b"\0" * 1000)  # from another version of the file
     with pytest.raises(ChecksumMismatch):
-        write_file(fs, root, make_job())
+        write_file(T(fs, root), make_job())
     assert not fs.exists(part)
-    write_file(fs, root, make_job())
+    write_file(T(fs, root), make_job())
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
 
 
 def test_oversized_part_restarts(target):
     fs, root = target
-    fs.makedirs(f"{root}/alice/dl/ds/sub", exist_ok=True)
+    make_staging(fs, root)
     fs.pipe(part_name(f"{root}/alice/dl/ds/sub/file.nxs"), DATA + b"extra")
     server = Server()
-    write_file(fs, root, make_job(server))
+    write_file(T(fs, root), make_job(server))
     assert server.opens == [0]
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
 
@@ -240,10 +265,10 @@ class NoAppendMemoryFS(MemoryFileSystem):
 def test_part_file_on_fs_without_append_restarts():
     fs = NoAppendMemoryFS(skip_instance_cache=True)
     root = f"/t-{uuid.uuid4().hex}"
-    fs.makedirs(f"{root}/alice/dl/ds/sub", exist_ok=True)
+    make_staging(fs, root)
     fs.pipe(part_name(f"{root}/alice/dl/ds/sub/file.nxs"), DATA[:1000])
     server = Server()
-    result = write_file(fs, root, make_job(server))
+    result = write_file(T(fs, root), make_job(server))
     assert server.opens == [0] and result.resumed == 0
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
     assert all_files(fs, root) == ["alice/dl/ds/sub/file.nxs"]
@@ -254,7 +279,7 @@ def test_server_ignoring_range_restarts_from_zero(target):
     fs, root = target
     server = Server(breaks=[500_000], honour_range=False)
     progress = []
-    result = write_file(fs, root, make_job(server), on_progress=progress.append)
+    result = write_file(T(fs, root), make_job(server), on_progress=progress.append)
     assert server.opens == [0, 500_000, 0]
     assert result.fetched == 500_000 + len(DATA)
     assert sum(progress) == len(DATA)
@@ -265,7 +290,7 @@ def test_checksum_mismatch_deletes_part(target):
     fs, root = target
     job = make_job(checksum=hexcrc(DATA + b"!"))
     with pytest.raises(ChecksumMismatch) as info:
-        write_file(fs, root, job)
+        write_file(T(fs, root), job)
     assert info.value.datafile == "sub/file.nxs"
     assert "sub/file.nxs" in str(info.value)
     assert [p for p in all_files(fs, root) if "pollcat-part" in p or "file.nxs" in p] == []
@@ -275,7 +300,7 @@ def test_short_source_is_size_mismatch(target):
     fs, root = target
     job = replace(make_job(), size=len(DATA) + 10)
     with pytest.raises(SizeMismatch):
-        write_file(fs, root, job)
+        write_file(T(fs, root), job)
     assert all_files(fs, root) == []
 
 
@@ -283,13 +308,13 @@ def test_long_source_stops_early_and_is_size_mismatch(target):
     fs, root = target
     job = replace(make_job(), size=1000, checksum=hexcrc(DATA[:1000]))
     with pytest.raises(SizeMismatch):
-        write_file(fs, root, job)
+        write_file(T(fs, root), job)
     assert all_files(fs, root) == []
 
 
 def test_no_checksum_checks_size_only(target):
     fs, root = target
-    result = write_file(fs, root, make_job(checksum=None))
+    result = write_file(T(fs, root), make_job(checksum=None))
     assert result.crc32 == zlib.crc32(DATA)
 
 
@@ -299,7 +324,7 @@ def test_leading_zero_crc_accepted(target):
                 if zlib.crc32(d := f"payload {i}".encode()) < 0x10000000)
     job = make_job(data=data, checksum=format(zlib.crc32(data), "x"))
     assert len(job.checksum) < 8
-    assert write_file(fs, root, job).crc32 == zlib.crc32(data)
+    assert write_file(T(fs, root), job).crc32 == zlib.crc32(data)
 
 
 @pytest.mark.parametrize("rel", ["../escape.txt", "alice/../../x", "/etc/passwd", "a//b",
@@ -308,7 +333,7 @@ def test_refuses_unsafe_paths(target, rel):
     fs, root = target
     server = Server()
     with pytest.raises(UnsafePathError):
-        write_file(fs, root, make_job(server, rel=rel))
+        write_file(T(fs, root), make_job(server, rel=rel))
     assert server.opens == []
     assert all_files(fs, root) == []
 
@@ -320,58 +345,62 @@ def test_refuses_symlink_escape(tmp_path):
     root = tmp_path / "target"
     (root / "alice").mkdir(parents=True)
     (root / "alice" / "dl").symlink_to(outside)
-    with pytest.raises(UnsafePathError):
-        write_file(fs, str(root), make_job(rel="alice/dl/x.bin"))
+    with pytest.raises(UnsafeTargetPath) as info:
+        write_file(T(fs, str(root)), make_job(rel="alice/dl/x.bin"))
+    assert f"{root}/alice/dl" in str(info.value) and "symbolic link" in str(info.value)
     assert list(outside.iterdir()) == []
 
 
-class RefusingFS(LocalFileSystem):
-    """A local fs whose writes fail like a read-only dir, full disk or quota (tests run as root)."""
+class RefusingTarget(LocalTarget):
+    """A local target whose file creation fails like a read-only dir, full disk or quota."""
 
-    def __init__(self, err: int, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, root: str, err: int):
+        super().__init__(root)
         self.err = err
 
-    def _open(self, path, mode="rb", **kwargs):
-        if "r" not in mode:
-            raise OSError(self.err, os.strerror(self.err), path)
-        return super()._open(path, mode, **kwargs)
+    def create(self, rel):
+        raise OSError(self.err, os.strerror(self.err), rel)
 
 
-@pytest.mark.parametrize("err", [errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT])
-def test_refusing_target_is_target_error(tmp_path, err):
-    fs = RefusingFS(err, skip_instance_cache=True)
-    with pytest.raises(TargetError) as info:
-        write_file(fs, str(tmp_path), make_job())
+@pytest.mark.parametrize(("err", "family"), [
+    (errno.EACCES, TargetError), (errno.EROFS, TargetUnavailable),
+    (errno.ENOSPC, TargetUnavailable), (errno.EDQUOT, TargetUnavailable)])
+def test_refusing_target_maps_to_its_family(tmp_path, err, family):
+    with pytest.raises(family) as info:
+        write_file(RefusingTarget(str(tmp_path), err), make_job())
     assert info.value.datafile == "sub/file.nxs"
+    assert isinstance(info.value, TransientError) == (family is TargetUnavailable)
+    assert not list(tmp_path.rglob("*.pollcat-part"))
 
 
 def test_permission_error_on_makedirs_is_target_error(tmp_path):
-    class NoMkdir(LocalFileSystem):
-        def makedirs(self, path, exist_ok=False):
-            raise PermissionError(errno.EACCES, "Permission denied", path)
+    class NoMkdir(LocalTarget):
+        def make_dirs(self, rel):
+            raise PermissionError(errno.EACCES, "Permission denied", rel)
 
     with pytest.raises(TargetError):
-        write_file(NoMkdir(skip_instance_cache=True), str(tmp_path), make_job())
+        write_file(NoMkdir(str(tmp_path)), make_job())
 
 
-def test_target_refusing_mid_write(tmp_path):
-    class FillsUp(LocalFileSystem):
-        def _open(self, path, mode="rb", **kwargs):
-            f = super()._open(path, mode, **kwargs)
-            if "w" in mode:
-                real = f.write
+def test_target_full_mid_write_removes_the_part(tmp_path):
+    class FillsUp(LocalTarget):
+        def create(self, rel):
+            f = super().create(rel)
+            real = f.write
 
-                def write(data):
-                    if f.tell() > 1_000_000:
-                        raise OSError(errno.ENOSPC, "No space left on device")
-                    return real(data)
+            def write(data):
+                if f.tell() > 1_000_000:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real(data)
 
-                f.write = write
+            f.write = write
             return f
 
-    with pytest.raises(TargetError):
-        write_file(FillsUp(skip_instance_cache=True), str(tmp_path), make_job())
+    with pytest.raises(TargetUnavailable) as info:
+        write_file(FillsUp(str(tmp_path)), make_job())
+    assert "sub/file.nxs" in str(info.value) and "No space left" in str(info.value)
+    assert not list(tmp_path.rglob("*.pollcat-part"))
+    assert not (tmp_path / "alice/dl/ds/sub/file.nxs").exists()
 
 
 # --- zip entries ----------------------------------------------------------------------------
@@ -386,10 +415,10 @@ def test_stream_entry(target):
     fs, root = target
     job = make_job(Server())
     job = replace(job, open=None)
-    result = write_stream_entry(fs, root, job, pieces(DATA))
+    result = write_stream_entry(T(fs, root), job, pieces(DATA))
     assert result.crc32 == zlib.crc32(DATA) and not result.skipped
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
-    again = write_stream_entry(fs, root, job, pieces(DATA))
+    again = write_stream_entry(T(fs, root), job, pieces(DATA))
     assert again.skipped
     assert all_files(fs, root) == ["alice/dl/ds/sub/file.nxs"]
 
@@ -398,7 +427,7 @@ def test_stream_entry_mismatch_and_failure_leave_nothing(target):
     fs, root = target
     job = replace(make_job(), open=None)
     with pytest.raises(ChecksumMismatch):
-        write_stream_entry(fs, root, job, pieces(DATA[:-1] + b"?"))
+        write_stream_entry(T(fs, root), job, pieces(DATA[:-1] + b"?"))
     assert all_files(fs, root) == []
 
     def broken():
@@ -406,7 +435,7 @@ def test_stream_entry_mismatch_and_failure_leave_nothing(target):
         raise TransientError("zip stream ended")
 
     with pytest.raises(TransientError):
-        write_stream_entry(fs, root, job, broken())
+        write_stream_entry(T(fs, root), job, broken())
     assert not [p for p in all_files(fs, root) if p.endswith("file.nxs") or "part" in p]
 
 
@@ -415,7 +444,7 @@ def test_zip_stream_into_target(target):
     import io
     import zipfile
 
-    from pollcat.zipstream import iter_entries
+    from pollcat.unzip import iter_entries
 
     files = {"ids/LILS/INV/1/ds/a.bin": os.urandom(300_000), "ids/LILS/INV/1/ds/d/b.txt": b"b"}
     buf = io.BytesIO()
@@ -428,7 +457,7 @@ def test_zip_stream_into_target(target):
         data = files[entry.name]
         rel = "alice/dl/" + entry.name.split("/", 5)[5]
         job = FileJob(i, entry.name, rel, len(data), hexcrc(data))
-        results.append(write_stream_entry(fs, root, job, entry.iter_chunks()))
+        results.append(write_stream_entry(T(fs, root), job, entry.iter_chunks()))
     assert [r.bytes for r in results] == [300_000, 1]
     assert all_files(fs, root) == ["alice/dl/a.bin", "alice/dl/d/b.txt"]
     assert fs.cat(f"{root}/alice/dl/a.bin") == files["ids/LILS/INV/1/ds/a.bin"]
@@ -443,11 +472,11 @@ def test_link_same_device(tmp_path):
     src.parent.mkdir()
     src.write_bytes(DATA)
     root = tmp_path / "target"
-    result = link_or_copy(fs, str(src), fs, str(root), make_job())
+    result = link_or_copy(fs, str(src), T(fs, str(root)), make_job())
     final = root / "alice/dl/ds/sub/file.nxs"
     assert final.read_bytes() == DATA
     assert os.path.samefile(src, final) and result.fetched == 0
-    assert link_or_copy(fs, str(src), fs, str(root), make_job()).skipped
+    assert link_or_copy(fs, str(src), T(fs, str(root)), make_job()).skipped
     assert sorted(p.name for p in final.parent.iterdir()) == ["file.nxs"]
 
 
@@ -456,7 +485,7 @@ def test_link_refuses_wrong_source(tmp_path):
     src = tmp_path / "f.nxs"
     src.write_bytes(DATA[:-1] + b"?")
     with pytest.raises(ChecksumMismatch):
-        link_or_copy(fs, str(src), fs, str(tmp_path / "t"), make_job())
+        link_or_copy(fs, str(src), T(fs, str(tmp_path / "t")), make_job())
     assert not (tmp_path / "t/alice/dl/ds/sub/file.nxs").exists()
 
 
@@ -465,7 +494,7 @@ def test_copy_when_no_hardlink_or_other_fs(tmp_path, target):
     src = tmp_path / "f.nxs"
     src.write_bytes(DATA)
     fs, root = target
-    result = link_or_copy(local, str(src), fs, root, make_job(), hardlink=False)
+    result = link_or_copy(local, str(src), T(fs, root), make_job(), hardlink=False)
     assert result.fetched == len(DATA)
     assert fs.cat(f"{root}/alice/dl/ds/sub/file.nxs") == DATA
     if fs is local:
@@ -477,11 +506,11 @@ def test_copy_falls_back_when_link_fails(tmp_path, monkeypatch):
     src = tmp_path / "f.nxs"
     src.write_bytes(DATA)
 
-    def no_link(*args):
+    def no_link(*args, **kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", no_link)
-    result = link_or_copy(fs, str(src), fs, str(tmp_path / "t"), make_job())
+    result = link_or_copy(fs, str(src), T(fs, str(tmp_path / "t")), make_job())
     assert result.fetched == len(DATA)
     assert (tmp_path / "t/alice/dl/ds/sub/file.nxs").read_bytes() == DATA
 
@@ -504,7 +533,7 @@ def test_run_jobs_bounded_ordered_isolated(target):
             peak[0] = max(peak[0], active[0])
         try:
             time.sleep(0.02)
-            return write_file(fs, root, job)
+            return write_file(T(fs, root), job)
         finally:
             with lock:
                 active[0] -= 1
@@ -519,3 +548,71 @@ def test_run_jobs_bounded_ordered_isolated(target):
             assert fs.cat(f"{root}/alice/dl/f{i}.bin") == datas[i]
     assert len(all_files(fs, root)) == 10
     assert run_jobs([], fn, concurrency=2) == []
+
+
+# --- backoff, service answers, part names ---------------------------------------------------
+
+
+def test_reopenings_back_off_exponentially(target, no_backoff):
+    fs, root = target
+    server = Server(breaks=[100_000] * 4)
+    write_file(T(fs, root), make_job(server),
+               reopen=Reopen(max_resumes=5, first_delay_s=0.5, max_delay_s=3))
+    assert no_backoff == [0.5, 1.0, 2.0, 3.0]  # capped at max_delay_s
+    assert Reopen().delay(1) > 0  # the default never reopens in a tight loop
+
+
+@pytest.mark.parametrize("answer", [
+    TransientError("IDS 500", service="IDS", status=500),
+    TransientError("IDS 503", service="IDS", status=503),
+])
+def test_a_service_answer_on_reopen_is_not_a_broken_connection(target, no_backoff, answer):
+    """A status-bearing error is the service answering: raised at once, part kept."""
+    fs, root = target
+
+    class AnswersAfterBreak(Server):
+        def __call__(self, offset):
+            if self.opens:
+                self.opens.append(offset)
+                raise answer
+            return super().__call__(offset)
+
+    server = AnswersAfterBreak(breaks=[200_000])
+    with pytest.raises(TransientError) as info:
+        write_file(T(fs, root), make_job(server))
+    assert info.value is answer and server.opens == [0, 200_000]
+    assert fs.cat(part_name(f"{root}/alice/dl/ds/sub/file.nxs")) == DATA[:200_000]
+
+
+def test_a_datafile_named_like_a_part_file_cannot_swap_bytes(target):
+    """The issue's case: `x` (large) and `.x.pollcat-part` (13 bytes) in one directory. Part
+    files used to be `.x.pollcat-part` next to `x`, so one overwrote the other."""
+    fs, root = target
+    big, small = os.urandom(2_000_000), b"thirteen byte"
+    jobs = [FileJob(1, "x", "alice/dl/ds/x", len(big), hexcrc(big), Server(big)),
+            FileJob(2, ".x.pollcat-part", "alice/dl/ds/.x.pollcat-part", len(small),
+                    hexcrc(small), Server(small))]
+    results = run_jobs(jobs, lambda j: write_file(T(fs, root), j, staging="alice/dl/.pollcat"),
+                       concurrency=2)
+    assert all(isinstance(r, FileResult) for r in results), results
+    assert fs.cat(f"{root}/alice/dl/ds/x") == big
+    assert fs.cat(f"{root}/alice/dl/ds/.x.pollcat-part") == small
+    assert all_files(fs, root) == ["alice/dl/ds/.x.pollcat-part", "alice/dl/ds/x"]
+
+
+def test_placed_bytes_are_read_back_before_the_rename(tmp_path):
+    """On a local target the CRC32 that decides is read from the part file itself: a part
+    changed on disk after streaming (a stalled former owner, a bad disk) is never placed."""
+    class Scribbled(LocalTarget):
+        def replace(self, src, dst):
+            raise AssertionError("must not place")
+
+        def open_read(self, rel):
+            if rel.endswith(".pollcat-part") and (tmp_path / rel).exists():
+                with open(tmp_path / rel, "r+b") as f:
+                    f.write(b"\0" * 8)
+            return super().open_read(rel)
+
+    with pytest.raises(ChecksumMismatch):
+        write_file(Scribbled(str(tmp_path)), make_job())
+    assert not list(tmp_path.rglob("*.pollcat-part"))

@@ -150,8 +150,14 @@ def test_refresh_logout_and_expiry(make_sim) -> None:
     assert sim.facility.sessions.expire(user_name="simple/alice") == 1
     body = icat_error(requests.get(f"{url}/icat/session/{sid2}", timeout=10), 403, "SESSION")
     assert body["message"] == f"Session id:{sid2} has expired"
-    icat_error(requests.put(f"{url}/icat/session/{sid2}", timeout=10), 403, "SESSION")
     icat_error(em(url, sid2, "SELECT f FROM Facility f"), 403, "SESSION")
+    # refresh and logout accept an expired session (getUserName(true)); refresh revives it
+    assert requests.put(f"{url}/icat/session/{sid2}", timeout=10).status_code == 204
+    assert ok(em(url, sid2, "SELECT f FROM Facility f"))
+    assert sim.facility.sessions.expire(session_id=sid2) == 1
+    assert requests.delete(f"{url}/icat/session/{sid2}", timeout=10).status_code == 204
+    body = icat_error(requests.put(f"{url}/icat/session/{sid2}", timeout=10), 403, "SESSION")
+    assert body["message"] == f"Unable to find user by sessionid: {sid2}"
 
 
 def test_version_and_properties(env: Env) -> None:
@@ -317,12 +323,12 @@ def test_max_entities(make_sim) -> None:
     sim.facility.config.max_entities = 2
     sid = sid_for(sim.url, "pollcat", "pollpass")
     body = icat_error(em(sim.url, sid, "SELECT df.id FROM Datafile df"), 412, "VALIDATION")
-    assert body["message"] == "attempt to process more than 2 entitities"
+    assert body["message"] == "attempt to process more than 2 entities"
     assert ok(em(sim.url, sid, "SELECT df.id FROM Datafile df ORDER BY df.id LIMIT 0, 2")) == [
         8, 9]
     body = icat_error(em(sim.url, sid, "SELECT df FROM Datafile df WHERE df.id IN (8, 9) "
                                        "INCLUDE df.dataset"), 412, "VALIDATION")
-    assert body["message"] == "attempt to return more than 2 entitities"
+    assert body["message"] == "attempt to return more than 2 entities"
     assert ok(em(sim.url, sid, "SELECT COUNT(df) FROM Datafile df")) == [4]
 
 

@@ -157,7 +157,7 @@ def test_access_errors(sim):
     err(r, 403, "InsufficientPrivilegesException",
         f"Unable to find user by sessionid: {unknown}")
     err(requests.get(u, params={"sessionId": bob, "datasetIds": ds}), 403,
-        "InsufficientPrivilegesException", "Read access to this Dataset is not allowed.")
+        "InsufficientPrivilegesException", "READ access to this Dataset is not allowed.")
     err(requests.get(u, params={"sessionId": alice, "datasetIds": 999999}), 404,
         "NotFoundException", "Dataset[id:999999] not found.")
     err(requests.get(u, params={"sessionId": alice, "investigationIds": inv_id(sim, "INV-002")}),
@@ -399,7 +399,7 @@ def test_deleted_datafile_after_prepare(sim):
     wait_prepared(sim, pid)
     df_of(sim, "notes/readme.txt").deleted = True
     err(requests.get(ids(sim) + "/getData", params={"preparedId": pid}), 404,
-        "NotFoundException", "One of the data files requested has been deleted")
+        "NotFoundException", "One of the datafiles requested has been deleted")
 
 
 def test_getdata_session_calls_need_valid_session_prepared_do_not(sim):

@@ -59,7 +59,7 @@ def test_serves_the_demo_and_stops_on_sigterm(tmp_path):
         r = requests.get(f"{url}/ids/ping", timeout=10)
         assert (r.status_code, r.text) == (200, "IdsOK")
         r = requests.get(f"{url}/topcat/version", timeout=10)
-        assert (r.status_code, r.json()) == (200, "2.4.9")
+        assert (r.status_code, r.json()) == (200, "3.2.0")
         r = requests.get(f"{url}/icat/version", timeout=10)
         assert r.status_code == 200 and r.json() == {"version": "6.2.0"}
         health = requests.get(f"{url}/sim/health", timeout=10).json()

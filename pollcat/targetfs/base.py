@@ -1,0 +1,154 @@
+"""The target layer's vocabulary: what `lstat` finds, the interface every target implements,
+and the helpers they share."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import IO, Any
+
+from pollcat.errors import PollcatError, UnsafeTargetPath
+from pollcat.layout import check_relpath
+
+log = logging.getLogger("pollcat.targetfs")
+
+#: The pollcat-owned directory inside each download directory: part files, the manifest's
+#: temporary file and the claim. Users cannot name a datafile into it (see `layout.RESERVED_NAMES`).
+STAGING_NAME = ".pollcat"
+
+
+class Kind(StrEnum):
+    FILE = "file"
+    DIR = "directory"
+    SYMLINK = "symbolic link"
+    OTHER = "special file"  # FIFO, socket, device
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What `lstat` found at a name (never what a link points to)."""
+
+    kind: Kind
+    size: int
+    mtime: float
+    uid: int | None = None
+    mode: int = 0
+
+
+def kind_of(mode: int) -> Kind:
+    """The kind of an `st_mode`."""
+    if stat.S_ISREG(mode):
+        return Kind.FILE
+    if stat.S_ISDIR(mode):
+        return Kind.DIR
+    if stat.S_ISLNK(mode):
+        return Kind.SYMLINK
+    return Kind.OTHER
+
+
+class NameTaken(PollcatError):
+    """`create` found the name taken (by anything, a link included): a control signal for
+    callers that create exclusively on purpose (the claim), never a verdict."""
+
+
+def unsafe(path: str, found: Kind | str, wanted: str) -> UnsafeTargetPath:
+    return UnsafeTargetPath(f"refusing {path!r}: a {found} is there where pollcat writes "
+                            f"{wanted}; it was not made by pollcat and is left alone")
+
+
+def fsync(out: Any) -> None:
+    """Flush (errors count), then fsync where there is a descriptor, or remotely where the
+    file offers it (sshfs: OpenSSH's fsync@openssh.com): the manifest will claim these bytes
+    are on disk."""
+    out.flush()
+    try:
+        os.fsync(out.fileno())
+        return
+    except Exception:  # no fileno on remote/memory files (io.UnsupportedOperation, ...)
+        pass
+    remote_fsync = getattr(out, "fsync", None)
+    if callable(remote_fsync):
+        try:
+            remote_fsync()
+        except Exception as exc:  # a server without the extension: as good as we can do
+            log.debug("remote fsync failed: %s", exc)
+
+
+def is_local(fs: Any) -> bool:
+    """Whether an fsspec filesystem is the local one (symlinks and hard links apply)."""
+    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def split_rel(rel: str) -> list[str]:
+    return [] if rel in ("", ".") else check_relpath(rel).split("/")
+
+
+# --- the interface --------------------------------------------------------------------------
+
+
+class TargetFS:
+    """A target root and the operations pollcat makes below it; paths are root-relative."""
+
+    root: str
+    #: Whether the part file is read back before placing (cheap on a local disk).
+    reread_before_place: bool = False
+
+    def path(self, rel: str) -> str:
+        """The full path of `rel`, for messages."""
+        return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
+
+    def lstat(self, rel: str) -> Entry | None:
+        """What is at `rel` (None if nothing); its parents must be real directories."""
+        raise NotImplementedError
+
+    def make_dirs(self, rel: str) -> None:
+        """Every directory of `rel` exists and is a real directory."""
+        raise NotImplementedError
+
+    def make_private_dir(self, rel: str) -> None:
+        """`rel` (mode 0700) exists, made by pollcat; refused if it is anything else."""
+        raise NotImplementedError
+
+    def open_read(self, rel: str) -> IO[bytes] | None:
+        """A regular file for reading; None if absent, UnsafeTargetPath if not a file."""
+        raise NotImplementedError
+
+    def create(self, rel: str) -> IO[bytes]:
+        """A new, empty file; NameTaken if anything (a link too) has the name."""
+        raise NotImplementedError
+
+    def open_append(self, rel: str) -> IO[bytes] | None:
+        """An existing regular file for appending; None if absent."""
+        raise NotImplementedError
+
+    def replace(self, src: str, dst: str) -> None:
+        """Rename `src` over `dst` in one step; refused if `dst` is not a regular file."""
+        raise NotImplementedError
+
+    def remove(self, rel: str) -> None:
+        """Unlink a file (a link itself, never its target); nothing if absent."""
+        raise NotImplementedError
+
+    def list_names(self, rel: str) -> list[str]:
+        """The names in directory `rel` ([] if it does not exist)."""
+        raise NotImplementedError
+
+    def remove_quietly(self, rel: str) -> None:
+        """`remove`, logging instead of raising (clean-up after a failure)."""
+        try:
+            self.remove(rel)
+        except Exception as exc:  # noqa: BLE001 - the original failure matters more
+            log.warning("could not remove %s: %s", self.path(rel), exc)
+
+    def create_replacing(self, rel: str) -> IO[bytes]:
+        """`create`, after removing a file of ours left at `rel` by an earlier attempt."""
+        entry = self.lstat(rel)
+        if entry is not None:
+            if entry.kind is not Kind.FILE:
+                raise unsafe(self.path(rel), entry.kind, "a file")
+            self.remove(rel)
+        return self.create(rel)

@@ -1,0 +1,231 @@
+"""Local targets: every operation below the root through `O_NOFOLLOW` directory descriptors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+from pollcat.errors import UnsafeTargetPath
+from pollcat.targetfs.base import (
+    STAGING_NAME,
+    Entry,
+    Kind,
+    NameTaken,
+    TargetFS,
+    kind_of,
+    split_rel,
+    unsafe,
+)
+from pollcat.targetfs.errmap import target_error, target_errors
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _check_private(st: os.stat_result, path: str) -> None:
+    """A staging directory pollcat made: owned by this process's user, writable by no one else."""
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise UnsafeTargetPath(
+            f"refusing {path!r}: pollcat's staging directory is owned by uid {st.st_uid} with "
+            f"mode {stat.filemode(st.st_mode)}, so pollcat did not make it; it is left alone")
+
+
+class LocalTarget(TargetFS):
+    """A local root; every operation below it goes through `O_NOFOLLOW` directory fds."""
+
+    reread_before_place = True
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def _open_root(self, create: bool) -> int:
+        if create:
+            with target_errors(self.root):
+                os.makedirs(self.root, exist_ok=True)
+        return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    @contextmanager
+    def _dir(self, rel_dir: str, create: bool = False) -> Iterator[int]:
+        """A descriptor of directory `rel_dir`, walked without following any link.
+
+        A missing directory raises FileNotFoundError as it is (readers treat it as absence);
+        every other failure is already one of pollcat's errors.
+        """
+        names = split_rel(rel_dir)
+        try:
+            fd = self._open_root(create)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise target_error(exc, self.root) from exc
+        try:
+            for i, name in enumerate(names):
+                here = self.path("/".join(names[:i + 1]))
+                try:
+                    child = self._step(fd, name, here, create)
+                except FileNotFoundError:  # callers that read decide what absence means
+                    raise
+                except OSError as exc:
+                    raise target_error(exc, here) from exc
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _step(self, parent: int, name: str, here: str, create: bool) -> int:
+        """Open `name` under `parent` as a directory (made if missing and `create`).
+
+        The staging directory is checked on every walk, not only when made: a user who owns the
+        download directory could swap it for one of their own between two operations.
+        """
+        try:
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, dir_fd=parent)
+                except FileExistsError:  # made meanwhile by someone else: open what is there
+                    pass
+                child = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise unsafe(here, self._kind_at(parent, name), "a directory") from None
+            raise
+        if name == STAGING_NAME:
+            try:
+                _check_private(os.fstat(child), here)
+            except UnsafeTargetPath:
+                os.close(child)
+                raise
+        return child
+
+    @staticmethod
+    def _kind_at(dir_fd: int, name: str) -> Kind:
+        try:
+            return kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return Kind.OTHER
+
+    def lstat(self, rel: str) -> Entry | None:
+        parent, name = posixpath.split(rel)
+        try:
+            with self._dir(parent) as fd, target_errors(self.path(rel)):
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return None
+        except FileNotFoundError:
+            return None
+        return Entry(kind_of(st.st_mode), st.st_size, st.st_mtime, st.st_uid, st.st_mode)
+
+    def make_dirs(self, rel: str) -> None:
+        with self._dir(rel, create=True):
+            pass
+
+    def make_private_dir(self, rel: str) -> None:
+        parent, name = posixpath.split(rel)
+        with self._dir(parent, create=True) as fd, target_errors(self.path(rel)):
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+                return
+            except FileExistsError:
+                pass
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                raise unsafe(self.path(rel), kind_of(st.st_mode), "its staging directory")
+            _check_private(st, self.path(rel))
+
+    def _open_file(self, rel: str, flags: int, mode: int, wanted: str) -> int | None:
+        """An fd for `rel` opened with `flags` (never following a link); None if absent."""
+        parent, name = posixpath.split(rel)
+        try:
+            with self._dir(parent) as dir_fd, target_errors(self.path(rel)):
+                try:
+                    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    return None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise unsafe(self.path(rel), Kind.SYMLINK, wanted) from None
+                    if exc.errno in (errno.EISDIR, errno.ENXIO):  # a dir; a FIFO, no reader
+                        found = self._kind_at(dir_fd, name)
+                        raise unsafe(self.path(rel), found, wanted) from None
+                    raise
+        except FileNotFoundError:
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise unsafe(self.path(rel), kind_of(st.st_mode), wanted)
+        return fd
+
+    def open_read(self, rel: str) -> IO[bytes] | None:
+        fd = self._open_file(rel, _READ_FLAGS, 0, "a file")
+        return None if fd is None else os.fdopen(fd, "rb")
+
+    def create(self, rel: str) -> IO[bytes]:
+        parent, name = posixpath.split(rel)
+        with target_errors(self.path(rel)), self._dir(parent) as dir_fd:
+            try:
+                fd = os.open(name, _CREATE_FLAGS, 0o644, dir_fd=dir_fd)
+            except FileExistsError:
+                raise NameTaken(self.path(rel)) from None
+        return os.fdopen(fd, "wb")
+
+    def open_append(self, rel: str) -> IO[bytes] | None:
+        fd = self._open_file(rel, _APPEND_FLAGS, 0, "a part file")
+        return None if fd is None else os.fdopen(fd, "ab")
+
+    def replace(self, src: str, dst: str) -> None:
+        src_dir, src_name = posixpath.split(src)
+        dst_dir, dst_name = posixpath.split(dst)
+        with self._dir(src_dir) as s_fd, self._dir(dst_dir) as d_fd, \
+                target_errors(self.path(dst)):
+            try:
+                found = os.stat(dst_name, dir_fd=d_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                found = None
+            # The check only chooses the error: rename itself never follows a link, so a swap
+            # after it cannot send bytes outside the root.
+            if found is not None and not stat.S_ISREG(found.st_mode):
+                raise unsafe(self.path(dst), kind_of(found.st_mode), "a file")
+            os.replace(src_name, dst_name, src_dir_fd=s_fd, dst_dir_fd=d_fd)
+
+    def remove(self, rel: str) -> None:
+        parent, name = posixpath.split(rel)
+        try:
+            with self._dir(parent) as fd, target_errors(self.path(rel)):
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+        except FileNotFoundError:
+            pass
+
+    def list_names(self, rel: str) -> list[str]:
+        try:
+            with self._dir(rel) as fd, target_errors(self.path(rel)):
+                return os.listdir(fd)
+        except FileNotFoundError:
+            return []
+
+    def link_from(self, src_path: str, rel: str) -> None:
+        """Hard-link `src_path` (outside the target, trusted) as the new name `rel`."""
+        parent, name = posixpath.split(rel)
+        with self._dir(parent) as fd, target_errors(self.path(rel)):
+            os.link(src_path, name, dst_dir_fd=fd, follow_symlinks=False)
+
+    def device(self, rel_dir: str) -> int:
+        """`st_dev` of a directory (to decide whether a hard link can work)."""
+        with self._dir(rel_dir) as fd:
+            return os.fstat(fd).st_dev

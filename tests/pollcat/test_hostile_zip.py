@@ -1,0 +1,85 @@
+"""Zip-slip: entry names in the prepared zip never become paths. pollcat maps each entry back to
+a datafile it planned from ICAT (whose path went through the layout checks) or skips it, so an
+entry named `../../x`, `/etc/x` or `ids/F/I/1/ds/../../../../x` writes nothing anywhere."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+import zlib
+
+import fsspec
+import pytest
+
+from pollcat.catalog import DatafileInfo
+from pollcat.sources import PreparedZipSource, TransferContext
+from pollcat.targetfs import open_target
+from pollcat.transfer import FileJob, FileResult
+
+GOOD = os.urandom(50_000)
+EVIL = b"ZIP-SLIP-MARKER " * 100
+SLIP_NAMES = [
+    "../../../evil.dat",
+    "/etc/pollcat-zip-slip",
+    "ids/LILS/INV/1/ds/../../../../../../evil.dat",
+    "ids/LILS/INV/1/ds/sub\\..\\..\\..\\evil.dat",
+    "ids/LILS/INV/1/../../../evil.dat",
+    "..\\..\\evil.dat",
+    "ids/LILS/INV/1/ds/\x00evil",
+    "ids/LILS/INV/1/ds/" + "e" * 300,
+]
+
+
+class Body:
+    def __init__(self, data: bytes):
+        self.buf = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.buf.read(n)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeIds:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def get_prepared(self, prepared_id: str, offset: int = 0) -> Body:
+        return Body(self.data)
+
+
+def zip_of(entries: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=0) as zf:
+        for name, data in entries:
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("evil", SLIP_NAMES, ids=range(len(SLIP_NAMES)))
+@pytest.mark.parametrize("order", ["evil-first", "evil-last"])
+def test_zip_slip_entries_are_skipped(tmp_path, evil, order):
+    entries = [(evil, EVIL), ("ids/LILS/INV/1/ds/good.dat", GOOD)]
+    if order == "evil-last":
+        entries.reverse()
+    root = tmp_path / "base" / "target"
+    tfs = open_target(fsspec.filesystem("file"), str(root))
+    job = FileJob(11, "good.dat", "alice/dl/INV/1/ds/good.dat", len(GOOD),
+                  format(zlib.crc32(GOOD), "x"))
+    infos = {11: DatafileInfo(id=11, name="good.dat", size=len(GOOD), checksum=job.checksum,
+                              location=None, dataset_id=2, dataset="ds", investigation_id=3,
+                              investigation="INV", visit="1", facility="LILS")}
+    ctx = TransferContext(download_id=1, prepared_id="p", ids=FakeIds(zip_of(entries)),
+                          session_id=lambda: "s", target=tfs, staging="alice/dl/.pollcat",
+                          concurrency=1)
+    (result,) = PreparedZipSource().transfer(ctx, [job], infos)
+    assert isinstance(result, FileResult), result
+    assert (root / "alice/dl/INV/1/ds/good.dat").read_bytes() == GOOD
+    leaked = [p for p in (tmp_path / "base").rglob("*")
+              if p.is_file() and EVIL[:16] in p.read_bytes()]
+    assert leaked == []
+    assert not os.path.exists("/etc/pollcat-zip-slip")
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "alice/dl/INV/1/ds/good.dat"]
