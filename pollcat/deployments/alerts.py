@@ -3,8 +3,10 @@
 They run in the Prefect server, not in a worker, so they still fire when every worker is dead:
 
 * a pollcat flow run (sweep, deliver, check, cleanup) that ends Failed or Crashed;
-* a download that failed permanently (the flows record one Failed task run `failed-<facility>-
-  <id>` per download, with the reason as its message): one message per download and failure;
+* a download that failed permanently (pollcat's `pollcat.download.expired` event): one message
+  per download, with the user, the transport and the reason;
+* a target that cannot take data (`pollcat.target.held`), a restore that waits longer than the
+  facility block's `alert_waiting_hours` (`pollcat.download.stuck`);
 * no completed sweep of a facility block within N minutes (proactive: silence is the signal);
 * the work pool without a ready worker;
 * a flow run whose heartbeats stopped (its worker or host died, or the worker was restarted
@@ -38,6 +40,8 @@ DEFAULT_SWEEP_SILENCE_MIN = 30.0
 
 RUN_FAILED = "pollcat: a run failed or crashed"
 DOWNLOAD_FAILED = "pollcat: a download failed permanently"
+TARGET_HELD = "pollcat: a target cannot take data"
+DOWNLOAD_STUCK = "pollcat: a restore takes too long"
 POOL_NOT_READY = f"pollcat: work pool {POOL} has no ready worker"
 ZOMBIE_RUNS = "pollcat: crash runs whose worker is gone"
 NO_SWEEP_PREFIX = "pollcat: no completed sweep of "
@@ -90,22 +94,58 @@ def run_failed(notify: list[UUID]) -> AutomationCore:
             "flow run id: {{ flow_run.id }}"))
 
 
+def _pollcat_event(name: str) -> ResourceSpecification:
+    kind = name.rsplit(".", 1)[0]  # pollcat.download.expired → resources pollcat.download.*
+    return ResourceSpecification({"prefect.resource.id": f"{kind}.*"})
+
+
 def download_failed(notify: list[UUID]) -> AutomationCore:
+    """One message per download pollcat gave up on (its `pollcat.download.expired` event),
+    with the user, the transport and the reason; a repeat within the hour is dropped."""
     return AutomationCore(
         name=DOWNLOAD_FAILED,
         description="One message per download that failed permanently, with the reason.",
         trigger=EventTrigger(
-            expect={"prefect.task-run.Failed"},
-            match=ResourceSpecification({"prefect.resource.id": "prefect.task-run.*",
-                                         "prefect.resource.name": "failed-*"}),
-            posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-        # the event's own labels: the task run may not be recorded yet when this fires
+            expect={"pollcat.download.expired"}, match=_pollcat_event("pollcat.download.expired"),
+            for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
+            within=timedelta(hours=1)),
         actions=_notify(
-            notify, "download {{ event.resource.name }} failed permanently",
-            "pollcat gave up on a download and set it EXPIRED in TopCAT: "
-            "{{ event.resource.name }} (failed-<facility>-<download id>).\n"
-            "Reason: {{ event.resource.get('prefect.state-message') }}\n\n"
+            notify, "{{ event.resource.name }} failed permanently",
+            "pollcat gave up on {{ event.resource.name }} and set it EXPIRED in TopCAT.\n"
+            "User: {{ event.payload.user }}\n"
+            "Transport: {{ event.resource.get('pollcat.transport') }}\n"
+            "Reason: {{ event.payload.reason }}\n\n"
             "Fix the cause, then resume the download in TopCAT's admin page."))
+
+
+def target_held(notify: list[UUID]) -> AutomationCore:
+    """A target that cannot take data (unreachable, full, refusing): at most hourly each."""
+    return AutomationCore(
+        name=TARGET_HELD,
+        description="A delivery target cannot take data; its downloads wait.",
+        trigger=EventTrigger(
+            expect={"pollcat.target.held"}, match=_pollcat_event("pollcat.target.held"),
+            for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
+            within=timedelta(hours=1)),
+        actions=_notify(
+            notify, "{{ event.resource.name }} cannot take data",
+            "pollcat holds the downloads for {{ event.resource.name }}: "
+            "{{ event.payload.reason }}\nThey are delivered once the target takes data again."))
+
+
+def download_stuck(notify: list[UUID]) -> AutomationCore:
+    """A restore waiting longer than the facility block's `alert_waiting_hours`: daily each."""
+    return AutomationCore(
+        name=DOWNLOAD_STUCK,
+        description="A download has waited for its restore longer than alert_waiting_hours.",
+        trigger=EventTrigger(
+            expect={"pollcat.download.stuck"}, match=_pollcat_event("pollcat.download.stuck"),
+            for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
+            within=timedelta(hours=24)),
+        actions=_notify(
+            notify, "{{ event.resource.name }} still waiting for its restore",
+            "{{ event.resource.name }} has been waiting since {{ event.payload.waiting_since }}"
+            ": {{ event.payload.reason }}"))
 
 
 def pool_not_ready(notify: list[UUID]) -> AutomationCore:
@@ -189,5 +229,6 @@ def declared(facility_blocks: list[str], notify: list[UUID],
     needs none (crashing zombie runs)."""
     if not notify:
         return [zombie_runs()]
-    return [zombie_runs(), run_failed(notify), download_failed(notify), pool_not_ready(notify),
+    return [zombie_runs(), run_failed(notify), download_failed(notify), target_held(notify),
+            download_stuck(notify), pool_not_ready(notify),
             *(no_sweep(b, sweep_silence_min, notify) for b in facility_blocks)]
