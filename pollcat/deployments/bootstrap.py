@@ -1,6 +1,6 @@
 """Idempotent set-up of a Prefect server for pollcat.
 
-    python -m deployments.bootstrap                      # block types, work pool
+    python -m deployments.bootstrap                      # block types, work pool, automations
     (or python -m pollcat.deployments.bootstrap, the same thing)
     python -m deployments.bootstrap --deploy             # ... and deploy every facility block
     python -m deployments.bootstrap --deploy --sweep-interval 300
@@ -9,9 +9,9 @@
 Run it after every upgrade: everything is looked up by name first, so a second run changes
 nothing (and prints `unchanged`). Save the facility and target blocks (README, "Configure")
 before `--deploy`: it deploys `prefect.yaml` once per saved facility block, as
-`sweep-<block>` and `deliver-<block>`. `--notify` names the notification blocks (any Prefect
-notification block, or pollcat's `pollcat-operator-email`) the alerts go to (pollcat.deployments
-.alerts); without it, alerts already on the server are kept as they are.
+`sweep-<block>` and `deliver-<block>`. `--notify` names the notification blocks the alerts of
+`pollcat.deployments.alerts` go to (any Prefect notification block, or pollcat's
+`pollcat-operator-email`); without it, alert automations already on the server are kept.
 """
 
 from __future__ import annotations
