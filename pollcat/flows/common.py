@@ -51,6 +51,8 @@ def settle_run(outcomes: list[Outcome], facility: str) -> State | None:
         record_failure(facility, o.download_id, o.reason, return_state=True)
     if failed:
         ids = ", ".join(str(o.download_id) for o in failed)
+        # no `data`: a Failed state's result must be an exception or nothing, else the
+        # flow engine of a deployment run dies with "Unexpected result for failed state"
         return Failed(message=f"{len(failed)} download(s) of {facility} failed permanently: "
-                              f"{ids}", data=[o.row() for o in outcomes])
+                              f"{ids}")
     return None

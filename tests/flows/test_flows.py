@@ -53,6 +53,12 @@ def test_sweep_flow_delivers_isolates_and_reports(make_sim, tmp_path):
     assert len(mail) == 1 and mail[0]["body"].startswith("Dear Alice Smith: Your data: file://")
     # the sweep that expired bob's download is a Failed run saying which download failed
     assert states[-1].is_failed() and str(bob_id) in states[-1].message
+    # its result is the failure itself (a list there made the deployment's engine crash with
+    # "Unexpected result for failed state")
+    from prefect.exceptions import FailedRun
+
+    with pytest.raises(FailedRun, match="failed permanently"):
+        states[-1].result()
     assert all(s.is_completed() for s in states[:-1])
 
     from prefect.client.orchestration import get_client
