@@ -130,8 +130,10 @@ class TargetConfig(BaseModel):
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ConfigurationError(f"a Globus target needs globus-sdk: pip install "
                                      f"'pollcat[globus]' ({exc})") from None
+        values = self.globus  # a block holds it as a SecretDict (masked in the UI)
+        values = values.get_secret_value() if hasattr(values, "get_secret_value") else values
         try:
-            return GlobusSettings(**self.globus)
+            return GlobusSettings(**values)
         except TypeError as exc:
             raise ConfigurationError(f"Globus settings of {self.url}: {exc}") from None
 

@@ -42,17 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    from simfacility.globus import running_globus
     from simfacility.server import running_facility
     from tests.prefect_server.server import SERVER_ENV, PrefectServer
 
     server = PrefectServer(out / "prefect", port=_port(args.port), **SERVER_ENV)
-    with running_facility(REPO / "scenarios" / "demo.yaml", out / "ids-storage") as sim:
+    with running_facility(REPO / "scenarios" / "demo.yaml", out / "ids-storage") as sim, \
+            running_globus(GLOBUS_SPEC) as globus:
         print(f"simulated facility LILS (ICAT, IDS, TopCAT) at {sim.url}: "
-              f"{len(sim.store.datafiles)} datafiles on two-level storage")
+              f"{len(sim.store.datafiles)} datafiles on two-level storage; Globus Auth and "
+              f"Transfer emulated at {globus.url}")
+        accounts = _accounts(out)
         try:
             server.start()
             print(f"Prefect server up after {time.monotonic() - t0:.0f} s: {server.url}")
-            ok = _run(server, sim, out, t0)
+            ok = _run(server, sim, globus, accounts, out, t0)
             if ok and args.keep:
                 _keep_running(server, sim)
         finally:
@@ -61,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _run(server, sim, out: Path, t0: float) -> bool:
+def _run(server, sim, globus, accounts: Path | None, out: Path, t0: float) -> bool:
     """The operator's steps, then wait for the schedule to deliver everything."""
     _step(server, "bootstrap", "-m", "deployments.bootstrap")
-    _save_blocks(server, sim.url, out)
+    _save_blocks(server, sim.url, globus, accounts, out)
     t_deploy = time.monotonic()
     _step(server, "deploy", "-m", "deployments.bootstrap", "--deploy",
           "--sweep-interval", str(SWEEP_INTERVAL_S))
@@ -89,6 +93,7 @@ def _run(server, sim, out: Path, t0: float) -> bool:
               file=sys.stderr)
         return False
     _summary(server, sim, out, time.monotonic() - t0, first_file)
+    _show_access(globus, accounts, out)
     return True
 
 
@@ -99,13 +104,21 @@ def _step(server, what: str, *args: str) -> None:
     print(f"{what}: " + "; ".join(res.stdout.strip().splitlines()))
 
 
-def _save_blocks(server, sim_url: str, out: Path) -> None:
-    """README "Configure", run in a process of its own against the demo server."""
+def _save_blocks(server, sim_url: str, globus, accounts: Path | None, out: Path) -> None:
+    """README "Configure", run in a process of its own against the demo server: the globus
+    transport goes to a Globus guest collection (read rules for each user's identity), the
+    scarf transport to a cluster directory where only the user may read (when run as root)."""
+    globus_settings = {"client_id": GLOBUS_CLIENT, "client_secret": GLOBUS_SECRET,
+                       "collection_id": GLOBUS_COLLECTION,
+                       "username_template": "{user}@idp.example.org",
+                       "auth_url": globus.auth_url, "transfer_url": globus.transfer_url}
+    access = {"account_db_root": str(accounts)} if accounts else None
     code = (
         "from blocks import DeliveryTarget, PollcatFacility\n"
-        f"for t in {TRANSPORTS!r}:\n"
-        f"    DeliveryTarget(url='file://{out}/' + t, concurrency=4,\n"
-        "                   custom_value='Delivered to {path}').save('demo-' + t)\n"
+        f"DeliveryTarget(url='file://{out}/globus', concurrency=4,\n"
+        f"               globus={globus_settings!r}).save('demo-globus')\n"
+        f"DeliveryTarget(url='file://{out}/scarf', concurrency=4, access={access!r},\n"
+        "               custom_value='Delivered to {path}').save('demo-scarf')\n"
         f"PollcatFacility(facility_name='LILS', icat_url={sim_url!r}, ids_url={sim_url!r},\n"
         f"    topcat_url={sim_url!r}, username='pollcat', password='pollpass',\n"
         "    routes={t: 'demo-' + t for t in " + repr(TRANSPORTS) + "},\n"
@@ -115,6 +128,69 @@ def _save_blocks(server, sim_url: str, out: Path) -> None:
         raise SystemExit(f"demo: saving the blocks failed:\n{res.stdout}{res.stderr}")
     print(f"blocks saved: {FACILITY_BLOCK} routes " +
           ", ".join(f"{t} → demo-{t}" for t in TRANSPORTS))
+
+
+GLOBUS_CLIENT = "6c4a7b3e-0d1f-4a52-9b1e-5f0e6a9c2d11"
+GLOBUS_SECRET = "demo-client-secret"
+GLOBUS_COLLECTION = "0f9e8d7c-6b5a-4c3d-8e2f-1a0b9c8d7e6f"
+GLOBUS_SPEC = {
+    "idp_domains": ["idp.example.org"],
+    "clients": [{"id": GLOBUS_CLIENT, "secret": GLOBUS_SECRET}],
+    "identities": [{"username": f"{u}@idp.example.org", "email": f"{u}@example.org"}
+                   for u in ("alice", "bob", "carol")],
+    "collections": [{"id": GLOBUS_COLLECTION, "managers": {GLOBUS_CLIENT: "access_manager"}}],
+}
+
+
+def _accounts(out: Path) -> Path | None:
+    """alice, bob and carol as accounts in a private account database (real `useradd
+    --prefix`, the machine's own is not touched), so the scarf target's access policy has
+    someone to grant to. Needs root and the acl tools; otherwise the demo runs without it."""
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("setfacl") or not shutil.which("useradd"):
+        print("access demo skipped (it needs root and the acl tools: setfacl, useradd)")
+        return None
+    root = out / "accounts"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "shadow", "group", "gshadow"):
+        (root / "etc" / name).touch()
+    for n, user in enumerate(("alice", "bob", "carol")):
+        uid = 47100 + n
+        for argv in (["groupadd", "--prefix", str(root), "-g", str(uid), user],
+                     ["useradd", "--prefix", str(root), "-M", "-u", str(uid), "-g", str(uid),
+                      "-s", "/usr/sbin/nologin", "-d", "/nonexistent", user]):
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    out.chmod(0o711)  # the users must be able to reach their deliveries
+    return root
+
+
+def _show_access(globus, accounts: Path | None, out: Path) -> None:
+    import subprocess
+
+    print("\nGlobus read rules granted on the guest collection:")
+    names = {i.id: i.username for i in globus.state.identities.values()}
+    for rule in globus.state.collections[GLOBUS_COLLECTION].rules.values():
+        if rule.get("principal_type") == "identity":
+            print(f"  {names.get(rule['principal'], rule['principal']):24s} "
+                  f"{rule['permissions']:3s} {rule['path']}  (expires "
+                  f"{str(rule.get('expiration_date'))[:10]})")
+    if accounts is None:
+        return
+    print("\nwho can read the scarf deliveries (read as each account, by the kernel):")
+    for path in sorted((out / "scarf").glob("*/*/")):
+        sample = next((p for p in path.rglob("*") if p.is_file() and ".pollcat" not in
+                       p.parts and p.name != "pollcat-manifest.json"), None)
+        if sample is None:
+            continue
+        verdicts = []
+        for n, user in enumerate(("alice", "bob", "carol")):
+            uid = 47100 + n
+            ok = subprocess.run(["/bin/cat", str(sample)], user=uid, group=uid,
+                                extra_groups=[], capture_output=True, timeout=30,
+                                cwd="/").returncode == 0
+            verdicts.append(f"{user} {'can' if ok else 'cannot'}")
+        print(f"  {sample.relative_to(out)}: {', '.join(verdicts)} read it")
 
 
 def _statuses(url: str) -> dict[int, str]:

@@ -67,3 +67,21 @@ def test_blocks_register_from_anywhere(tmp_path):
     res = subprocess.run([sys.executable, "-c", "import flows"], cwd=tmp_path,
                          capture_output=True, text=True, check=False)
     assert res.returncode != 0  # no generic top-level package is installed
+
+
+def test_a_globus_target_block_keeps_its_client_secret_masked():
+    from prefect.client.orchestration import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    settings = {"client_id": "c1", "client_secret": "very-secret-value",
+                "collection_id": "col-1", "username_template": "{user}@idp.example.org"}
+    DeliveryTarget(url="file:///srv/gcs", globus=settings).save("blk-globus", overwrite=True)
+    cfg = DeliveryTarget.load("blk-globus").to_config()
+    assert cfg.globus_settings.client_secret == "very-secret-value"
+
+    async def doc():
+        async with get_client() as client:
+            return await client.read_block_document_by_name(
+                "blk-globus", "pollcat-delivery-target", include_secrets=False)
+
+    assert "very-secret-value" not in str(run_coro_as_sync(doc()).data)

@@ -3,7 +3,9 @@ and it leaves no process behind."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +36,16 @@ def test_demo_delivers_through_the_schedule_and_stops(tmp_path):
         assert len(delivered_files(out / transport)) == count
     assert "(by the schedule)" in res.stdout and "(by hand)" not in res.stdout
     assert "e-mails TopCAT sent: 6" in res.stdout
+    # the globus transport is a Globus guest collection: one read rule per user's folder
+    for user, folder in (("alice", "alice_run42"), ("bob", "bob_all"), ("carol", "carol_readme")):
+        assert re.search(rf"{user}@idp\.example\.org\s+r\s+/{user}/{folder}/", res.stdout), \
+            res.stdout
+    # the scarf transport has an access policy: each user reads their own data only
+    if os.geteuid() == 0 and shutil.which("setfacl"):
+        for user in ("alice", "bob", "carol"):
+            others = sorted({"alice", "bob", "carol"} - {user})
+            line = next(x for x in res.stdout.splitlines() if f"scarf/{user}/" in x)
+            assert f"{user} can" in line and all(f"{o} cannot" in line for o in others), line
     server_log = (out / "prefect" / "server.log").read_text()
     assert "Can't evaluate bulk DML" not in server_log
     # nothing the demo started is still running
