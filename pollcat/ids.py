@@ -257,7 +257,12 @@ class RangedResponse:
             raise ConnectionError(f"IDS stream broke: {snippet(str(exc))}") from None
 
     def close(self) -> None:
-        self._resp.close()
+        """A body read to its end gives its connection back to the pool (keep-alive: the next
+        getData of the download reuses it); one abandoned midway closes its connection."""
+        if self._resp.length_remaining == 0:
+            self._resp.release_conn()
+        else:
+            self._resp.close()
 
 
 class IdsGateway:

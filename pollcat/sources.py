@@ -36,7 +36,7 @@ from pollcat.transfer import (
     FileResult,
     PlaceGuard,
     is_connection_loss,
-    run_jobs,
+    run_file_jobs,
     write_file,
     write_stream_entry,
 )
@@ -80,7 +80,7 @@ class DirectSource(Source):
     def transfer(self, ctx, jobs, infos):
         for job in jobs:
             job.open = _opener(ctx, job.datafile_id)
-        return run_jobs(jobs, lambda job: write_file(
+        return run_file_jobs(ctx.target, jobs, lambda job: write_file(
             ctx.target, job, staging=ctx.staging, on_progress=ctx.on_progress,
             before_place=ctx.before_place), concurrency=ctx.concurrency)
 
@@ -108,7 +108,7 @@ class StorageSource(Source):
             return link_or_copy(self.src_fs, src, ctx.target, job, staging=ctx.staging,
                                 hardlink=self.hardlink, on_progress=ctx.on_progress,
                                 before_place=ctx.before_place)
-        return run_jobs(jobs, one, concurrency=ctx.concurrency)
+        return run_file_jobs(ctx.target, jobs, one, concurrency=ctx.concurrency)
 
 
 def _strip_digest(location: str) -> str:

@@ -96,6 +96,13 @@ class TargetFS:
     root: str
     #: Whether the part file is read back before placing (cheap on a local disk).
     reread_before_place: bool = False
+    #: Set while a batch of files is written whose durability one `sync()` provides at the end
+    #: (`transfer.synced_once`): the part writer then skips its per-file fsync.
+    sync_deferred: bool = False
+
+    def sync(self) -> None:
+        """Make everything placed so far durable. Only targets that can do it in one call
+        (local: `syncfs`) defer per-file fsyncs; the others fsync each file."""
 
     def path(self, rel: str) -> str:
         """The full path of `rel`, for messages."""

@@ -22,11 +22,12 @@ from pollcat.targetfs.base import (
     unsafe,
 )
 from pollcat.targetfs.errmap import target_error, target_errors
+from pollcat.targetfs.writeback import syncfs
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _check_private(st: os.stat_result, path: str) -> None:
@@ -180,7 +181,7 @@ class LocalTarget(TargetFS):
                 fd = os.open(name, _CREATE_FLAGS, 0o644, dir_fd=dir_fd)
             except FileExistsError:
                 raise NameTaken(self.path(rel)) from None
-        return os.fdopen(fd, "wb")
+        return os.fdopen(fd, "wb")  # O_RDWR underneath: the part writer reads slices back
 
     def open_append(self, rel: str) -> IO[bytes] | None:
         fd = self._open_file(rel, _APPEND_FLAGS, 0, "a part file")
@@ -224,6 +225,15 @@ class LocalTarget(TargetFS):
         parent, name = posixpath.split(rel)
         with self._dir(parent) as fd, target_errors(self.path(rel)):
             os.link(src_path, name, dst_dir_fd=fd, follow_symlinks=False)
+
+    def sync(self) -> None:
+        """One `syncfs` of the root's filesystem: every file placed since is durable (one
+        journal commit instead of one per file); `os.sync` where syncfs does not exist."""
+        fd = self._open_root(create=False)
+        try:
+            syncfs(fd)
+        finally:
+            os.close(fd)
 
     def device(self, rel_dir: str) -> int:
         """`st_dev` of a directory (to decide whether a hard link can work)."""
