@@ -6,6 +6,7 @@ import errno
 import os
 import posixpath
 import stat
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -21,6 +22,7 @@ from pollcat.targetfs.base import (
     split_rel,
     unsafe,
 )
+from pollcat.targetfs.dircache import DirCache
 from pollcat.targetfs.errmap import target_error, target_errors
 from pollcat.targetfs.writeback import syncfs
 
@@ -45,6 +47,8 @@ class LocalTarget(TargetFS):
 
     def __init__(self, root: str):
         self.root = root
+        self._dirs = DirCache()
+        weakref.finalize(self, self._dirs.close)
 
     def _open_root(self, create: bool) -> int:
         if create:
@@ -52,34 +56,67 @@ class LocalTarget(TargetFS):
                 os.makedirs(self.root, exist_ok=True)
         return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
+    def _root(self, create: bool, opened: list[int]) -> int:
+        """The root's descriptor: the cached one while the root path still names it."""
+        try:
+            st = os.stat(self.root)
+            fd = self._dirs.valid((), st)
+            if fd is not None:
+                return fd
+        except OSError:
+            pass
+        fd = self._open_root(create)
+        if not self._dirs.keep((), fd):
+            opened.append(fd)
+        return fd
+
     @contextmanager
     def _dir(self, rel_dir: str, create: bool = False) -> Iterator[int]:
         """A descriptor of directory `rel_dir`, walked without following any link.
 
-        A missing directory raises FileNotFoundError as it is (readers treat it as absence);
-        every other failure is already one of pollcat's errors.
+        Descriptors of the directories walked are kept (`DirCache`) for this target's lifetime
+        (one download), and a kept one is used only after an `lstat` of every component from
+        the root shows the same directories (device, inode) still there: the same check a
+        fresh walk makes, without opening and closing each component on every file. A missing
+        directory raises FileNotFoundError as it is (readers treat it as absence); every other
+        failure is already one of pollcat's errors.
         """
         names = split_rel(rel_dir)
+        opened: list[int] = []  # descriptors of this walk that the cache did not keep
         try:
-            fd = self._open_root(create)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise target_error(exc, self.root) from exc
-        try:
+            try:
+                fd = self._root(create, opened)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise target_error(exc, self.root) from exc
             for i, name in enumerate(names):
                 here = self.path("/".join(names[:i + 1]))
+                key = tuple(names[:i + 1])
                 try:
-                    child = self._step(fd, name, here, create)
+                    child = self._dirs.valid(key, os.stat(name, dir_fd=fd,
+                                                          follow_symlinks=False))
+                    if child is not None and name == STAGING_NAME:
+                        _check_private(os.fstat(child), here)
+                    if child is None:
+                        child = self._step(fd, name, here, create)
+                        if not self._dirs.keep(key, child):
+                            opened.append(child)
                 except FileNotFoundError:  # callers that read decide what absence means
+                    if not create:
+                        raise
+                    child = self._step(fd, name, here, create)
+                    if not self._dirs.keep(key, child):
+                        opened.append(child)
+                except UnsafeTargetPath:
                     raise
                 except OSError as exc:
                     raise target_error(exc, here) from exc
-                os.close(fd)
                 fd = child
             yield fd
         finally:
-            os.close(fd)
+            for each in opened:
+                os.close(each)
 
     def _step(self, parent: int, name: str, here: str, create: bool) -> int:
         """Open `name` under `parent` as a directory (made if missing and `create`).
@@ -216,7 +253,12 @@ class LocalTarget(TargetFS):
     def list_names(self, rel: str) -> list[str]:
         try:
             with self._dir(rel) as fd, target_errors(self.path(rel)):
-                return os.listdir(fd)
+                # a descriptor of its own: listdir moves the offset of the (shared) kept one
+                own = os.open(".", _DIR_FLAGS, dir_fd=fd)
+                try:
+                    return os.listdir(own)
+                finally:
+                    os.close(own)
         except FileNotFoundError:
             return []
 
