@@ -13,6 +13,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.common import curl_many, login, pipeline, query, sim_process, timed_sweep
@@ -100,7 +101,13 @@ def pending_downloads(n: int = 1000, budget: float = 60.0) -> dict:
     """Restores that outlast the sweep: every download stays pending until the deadline."""
     work = Path(tempfile.mkdtemp(prefix="pollcat-pending-"))
     with sim_process(many_downloads(n, 1024, "two-level", latency_s=1e6)) as (url, startup):
-        outcomes, wall = timed_sweep(pipeline(url, work, "p", facility="MANY", budget=budget))
+        pipe = pipeline(url, work, "p", facility="MANY", budget=budget)
+        deadline = time.monotonic() + 300
+        while len(pipe.topcat.pending("globus")) < n:  # TopCAT's StatusCheck prepares them
+            if time.monotonic() > deadline:
+                raise RuntimeError("the downloads did not reach RESTORING")
+            time.sleep(1)
+        outcomes, wall = timed_sweep(pipe)
     shutil.rmtree(work, ignore_errors=True)
     kinds: dict[str, int] = {}
     for o in outcomes:

@@ -64,7 +64,7 @@ def _pollcat_once(url: str, work: Path, size: int, checksum: str, n: int):
 def main(size: int = GIB, rounds: int = 3) -> dict:
     """Alternate curl and pollcat `rounds` times against one simulator; report medians."""
     work = Path(tempfile.mkdtemp(prefix="pollcat-tput-"))
-    curl, moved, walls = [], [], []
+    curl, moved, walls, null = [], [], [], []
     with sim_process(scenario(size)) as (url, _startup):
         sid = login(url, "pollcat", "pollpass")
         rows = requests.get(f"{url}/icat/entityManager", params={
@@ -77,6 +77,7 @@ def main(size: int = GIB, rounds: int = 3) -> dict:
             assert nbytes == size
             curl_out.unlink()
             curl.append(bps / 1e6)
+            null.append(curl_speed(get_url)[0] / 1e6)
             out, wall = _pollcat_once(url, work, size, df["checksum"], n)
             moved.append(out.mb_per_s)
             walls.append(wall)
@@ -89,6 +90,8 @@ def main(size: int = GIB, rounds: int = 3) -> dict:
         "median_curl_o_MBps": round(statistics.median(curl), 1),
         "median_pollcat_MBps": round(statistics.median(moved), 1),
         "median_ratio": round(statistics.median(moved) / statistics.median(curl), 2),
+        "curl_dev_null_MBps": [round(x, 1) for x in null],
+        "median_curl_dev_null_MBps": round(statistics.median(null), 1),
     }
     print(json.dumps(result, indent=1))
     return result

@@ -37,6 +37,7 @@ from pollcat.transfer import (
     PlaceGuard,
     is_connection_loss,
     run_file_jobs,
+    synced_once,
     write_file,
     write_stream_entry,
 )
@@ -130,7 +131,8 @@ class PreparedZipSource(Source):
         last_error: BaseException | None = None
         for attempt in range(1, ZIP_RESTARTS + 1):
             try:
-                self._one_pass(ctx, by_path, by_name, results)
+                with synced_once(ctx.target):
+                    self._one_pass(ctx, by_path, by_name, results)
                 last_error = None
                 break
             except (TransientError, NotReady, DeliveryLocked) as exc:
