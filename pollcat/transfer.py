@@ -501,9 +501,17 @@ def _skipped(job: FileJob, started: float, crc: int) -> FileResult:
 
 
 def _prepare_dirs(target: TargetFS, job: FileJob, staging: str) -> None:
+    """The file's directory and the staging directory, made once per target (per download):
+    every later operation still walks them without following links, and placement makes the
+    file's directory again, so a directory removed meanwhile only fails this file's attempt."""
+    made = target.__dict__.setdefault("_made_dirs", set())
+    wanted = (posixpath.dirname(job.rel_path), staging)
+    if wanted in made:
+        return
     with target_errors(target.path(job.rel_path), job.name):
-        target.make_dirs(posixpath.dirname(job.rel_path))
+        target.make_dirs(wanted[0])
         target.make_private_dir(staging)
+    made.add(wanted)
 
 
 def write_file(target: TargetFS, job: FileJob, *, staging: str = STAGING_NAME,

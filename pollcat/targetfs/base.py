@@ -152,7 +152,14 @@ class TargetFS:
             log.warning("could not remove %s: %s", self.path(rel), exc)
 
     def create_replacing(self, rel: str) -> IO[bytes]:
-        """`create`, after removing a file of ours left at `rel` by an earlier attempt."""
+        """`create`, after removing a file of ours left at `rel` by an earlier attempt.
+
+        The exclusive create is tried first: the name is usually free, and one walk is cheaper
+        than two when a download has thousands of files."""
+        try:
+            return self.create(rel)
+        except NameTaken:
+            pass
         entry = self.lstat(rel)
         if entry is not None:
             if entry.kind is not Kind.FILE:
