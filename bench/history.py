@@ -28,13 +28,14 @@ from bench.many import one_download
 
 def _add_history(sim, n: int) -> int:
     """`n` COMPLETE, month-old copies of download 1; returns the highest id."""
-    table = sim.facility.topcat.downloads
-    model = table[1]
+    state = sim.facility.topcat
     old = datetime.now(UTC) - timedelta(days=30)
-    top = max(table)
-    for i in range(top + 1, top + 1 + n):
-        table[i] = dataclasses.replace(model, id=i, status="COMPLETE", created_at=old,
-                                       completed_at=old, file_name=f"old{i}")
+    with state.lock:  # TopCAT's StatusCheck thread iterates the table
+        table = state.downloads
+        model, top = table[1], max(table)
+        table.update({i: dataclasses.replace(model, id=i, status="COMPLETE", created_at=old,
+                                             completed_at=old, file_name=f"old{i}")
+                      for i in range(top + 1, top + 1 + n)})
     return top + n
 
 

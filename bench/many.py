@@ -61,24 +61,32 @@ def _curl_pairs(url: str, work: Path) -> list[tuple[str, str]]:
              str(out / r["Datafile"]["name"])) for r in rows]
 
 
-def _alternate(url: str, work: Path, rounds: int, **pipe_kw) -> dict:
-    """Alternating rounds of curl and one pollcat sweep over every download; medians."""
-    curl_s, poll_s, delivered = [], [], 0
+def _alternate(url: str, work: Path, rounds: int, extra: dict | None = None,
+               **pipe_kw) -> dict:
+    """Alternating rounds of curl and one pollcat sweep over every download; medians.
+    `extra`: pipeline settings of a second pollcat variant measured in the same rounds."""
+    curl_s, poll_s, extra_s, delivered = [], [], [], 0
     for n in range(rounds):
         pairs = _curl_pairs(url, work)
         curl_s.append(curl_many(pairs))
         shutil.rmtree(work / "curl")
-        outcomes, wall = timed_sweep(pipeline(url, work, f"{n}", facility="MANY", **pipe_kw))
-        bad = [o for o in outcomes if o.outcome != "completed"]
-        assert not bad, bad[:3]
-        delivered = len(outcomes)
-        poll_s.append(wall)
-        shutil.rmtree(work / f"target{n}")
-        shutil.rmtree(work / f"state{n}")
+        for variant, kw in [("", pipe_kw)] + ([("x", {**pipe_kw, **extra})] if extra else []):
+            tag = f"{variant}{n}"
+            outcomes, wall = timed_sweep(pipeline(url, work, tag, facility="MANY", **kw))
+            bad = [o for o in outcomes if o.outcome != "completed"]
+            assert not bad, bad[:3]
+            delivered = len(outcomes)
+            (extra_s if variant else poll_s).append(wall)
+            shutil.rmtree(work / f"target{tag}")
+            shutil.rmtree(work / f"state{tag}")
     mc, mp = statistics.median(curl_s), statistics.median(poll_s)
-    return {"rounds": rounds, "downloads": delivered, "curl_s": [round(x, 2) for x in curl_s],
-            "pollcat_s": [round(x, 2) for x in poll_s], "median_curl_s": round(mc, 2),
-            "median_pollcat_s": round(mp, 2), "ratio": round(mc / mp, 2)}
+    out = {"rounds": rounds, "downloads": delivered, "curl_s": [round(x, 2) for x in curl_s],
+           "pollcat_s": [round(x, 2) for x in poll_s], "median_curl_s": round(mc, 2),
+           "median_pollcat_s": round(mp, 2), "ratio": round(mc / mp, 2)}
+    if extra:
+        out.update(extra_settings=extra, extra_s=[round(x, 2) for x in extra_s],
+                   median_extra_s=round(statistics.median(extra_s), 2))
+    return out
 
 
 def files_in_one(files: int = 2000, size: int = 256 << 10, rounds: int = 3) -> dict:
@@ -92,7 +100,7 @@ def files_in_one(files: int = 2000, size: int = 256 << 10, rounds: int = 3) -> d
 def ready_downloads(n: int = 1000, size: int = 64 << 10, rounds: int = 2) -> dict:
     work = Path(tempfile.mkdtemp(prefix="pollcat-ready-"))
     with sim_process(many_downloads(n, size, "single-level")) as (url, startup):
-        result = _alternate(url, work, rounds)
+        result = _alternate(url, work, rounds, extra={"max_parallel_downloads": 16})
     shutil.rmtree(work, ignore_errors=True)
     return {"bytes_each": size, "sim_startup_s": round(startup, 1), **result}
 

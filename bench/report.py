@@ -100,7 +100,9 @@ def render(r: dict) -> str:
         "", f"**Many files / downloads** (`bench/many.py`): one download of {f1['files']:,} "
         f"files, rounds curl {f1['curl_s']} s vs pollcat {f1['pollcat_s']} s (concurrency 8); "
         f"{rd['downloads']:,} ready downloads, rounds curl {rd['curl_s']} s vs pollcat "
-        f"{rd['pollcat_s']} s (simulator start-up {rd['sim_startup_s']} s, not counted); "
+        f"{rd['pollcat_s']} s (simulator start-up {rd['sim_startup_s']} s, not counted), and "
+        f"with `max_parallel_downloads: 16` instead of the default 4: {rd['extra_s']} s "
+        f"(median {rd['median_extra_s']} s); "
         f"{pd['downloads']:,} pending downloads: one sweep {pd['sweep_s']} s with a "
         f"{pd['budget_s']:g} s budget, outcomes {pd['outcomes']}.", "",
         f"**Prepared zip** (`bench/zipsrc.py`): rounds direct {z['direct_s']} s, prepared-zip "
