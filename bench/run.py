@@ -25,8 +25,12 @@ def summary(out: dict) -> dict:
     t, m = out["throughput_1GiB"], out["many"]
     return {
         "one 1 GiB file: pollcat / curl -o": t["median_ratio"],
+        "one 1 GiB file: pollcat / (curl -o; fsync)": t.get("median_ratio_to_curl_fsync"),
+        "disk limit, dd conv=fdatasync MB/s": out["limits"]["dd_fdatasync_1GiB_MBps"],
         "2,000 x 256 KiB: curl time / pollcat time": m["files_in_one"]["ratio"],
         "1,000 ready downloads: pollcat s": m["ready_downloads"]["median_pollcat_s"],
+        "1,000 ready downloads, 16 in parallel: pollcat s":
+            m["ready_downloads"].get("median_extra_s"),
         "1,000 pending downloads, 60 s budget: sweep s": m["pending_downloads"]["sweep_s"],
         "prepared-zip / direct": out["zip"]["ratio"],
         "history: narrowed sweep with / without": out["history"]["ratio_narrowed"],

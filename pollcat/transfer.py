@@ -356,6 +356,8 @@ class PartWriter:
             if self.out is not None:
                 if self.target.sync_deferred:
                     self.out.flush()
+                    if self._writeback is not None:
+                        self._writeback.start_rest()
                 else:
                     fsync(self.out)
             self.close()
@@ -401,6 +403,8 @@ def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: 
     with target_errors(target.path(job.rel_path), job.name):
         target.make_dirs(posixpath.dirname(job.rel_path))
         target.replace(part, job.rel_path)
+    if target.sync_deferred:
+        target.note_placed(job.rel_path)
     return crc
 
 
@@ -592,7 +596,9 @@ R = TypeVar("R")
 def synced_once(target: TargetFS) -> Iterator[None]:
     """Write a batch of files with one `target.sync()` at the end instead of an fsync each.
 
-    Per-file fsyncs of 2,000 small files cost one journal commit each. Placement without them
+    Per-file fsyncs of 2,000 small files cost one journal commit each, one after the other in
+    each worker; the batch starts each file's writeback when it is written and fsyncs them all
+    together at the end. Placement without them
     is still verified and atomic; a crash before the sync can leave a placed file whose bytes
     are not on disk, which the next run's CRC32 check of the final name replaces (there is no
     manifest yet: it is written after this returns, so it never claims unsynced bytes). If the

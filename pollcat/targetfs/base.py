@@ -97,12 +97,15 @@ class TargetFS:
     #: Whether the part file is read back before placing (cheap on a local disk).
     reread_before_place: bool = False
     #: Set while a batch of files is written whose durability one `sync()` provides at the end
-    #: (`transfer.synced_once`): the part writer then skips its per-file fsync.
+    #: (`transfer.synced_once`): the part writer then only starts the writeback.
     sync_deferred: bool = False
 
+    def note_placed(self, rel: str) -> None:
+        """A file placed while `sync_deferred`: `sync` makes it durable."""
+
     def sync(self) -> None:
-        """Make everything placed so far durable. Only targets that can do it in one call
-        (local: `syncfs`) defer per-file fsyncs; the others fsync each file."""
+        """Make every file noted by `note_placed` durable. Only targets that can batch it
+        (local) defer per-file fsyncs; the others fsync each file as it is written."""
 
     def path(self, rel: str) -> str:
         """The full path of `rel`, for messages."""

@@ -6,8 +6,10 @@ import errno
 import os
 import posixpath
 import stat
+import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import IO
 
@@ -24,8 +26,8 @@ from pollcat.targetfs.base import (
 )
 from pollcat.targetfs.dircache import DirCache
 from pollcat.targetfs.errmap import target_error, target_errors
-from pollcat.targetfs.writeback import syncfs
 
+SYNC_THREADS = 8
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -48,6 +50,8 @@ class LocalTarget(TargetFS):
     def __init__(self, root: str):
         self.root = root
         self._dirs = DirCache()
+        self._placed: list[str] = []  # placed without fsync, for `sync`
+        self._placed_lock = threading.Lock()
         weakref.finalize(self, self._dirs.close)
 
     def _open_root(self, create: bool) -> int:
@@ -268,14 +272,33 @@ class LocalTarget(TargetFS):
         with self._dir(parent) as fd, target_errors(self.path(rel)):
             os.link(src_path, name, dst_dir_fd=fd, follow_symlinks=False)
 
+    def note_placed(self, rel: str) -> None:
+        with self._placed_lock:
+            self._placed.append(rel)
+
     def sync(self) -> None:
-        """One `syncfs` of the root's filesystem: every file placed since is durable (one
-        journal commit instead of one per file); `os.sync` where syncfs does not exist."""
-        fd = self._open_root(create=False)
-        try:
-            syncfs(fd)
-        finally:
-            os.close(fd)
+        """fsync every file placed since the last sync, and their directories, on a few
+        threads at once (the filesystem groups concurrent fsyncs into few journal commits).
+        Not `syncfs`: that would also wait for every other writer's dirty data on a shared
+        filesystem."""
+        with self._placed_lock:
+            files, self._placed = self._placed, []
+        dirs = sorted({posixpath.dirname(rel) for rel in files})
+        with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pollcat-sync") as pool:
+            for _ in pool.map(self._fsync_file, files):
+                pass
+            for _ in pool.map(self._fsync_dir, dirs):
+                pass
+
+    def _fsync_file(self, rel: str) -> None:
+        f = self.open_read(rel)
+        if f is not None:  # gone meanwhile (a user's delete): nothing of ours to make durable
+            with f:
+                os.fsync(f.fileno())
+
+    def _fsync_dir(self, rel: str) -> None:
+        with self._dir(rel) as fd:
+            os.fsync(fd)
 
     def device(self, rel_dir: str) -> int:
         """`st_dev` of a directory (to decide whether a hard link can work)."""

@@ -1,5 +1,4 @@
-"""Early writeback for large part files (the final fsync stays short, dirty memory bounded),
-and `syncfs` for a batch of small ones.
+"""Early writeback for part files: the final fsync stays short, dirty memory bounded.
 
 Without it the kernel keeps up to `dirty_ratio` of RAM dirty and the fsync before placement
 writes gigabytes in one go while nothing else happens. With it, every `window` bytes written
@@ -48,20 +47,6 @@ def _load() -> Callable[[int, int, int, int], None] | None:
 
 
 _sync_file_range = _load()
-_syncfs = _libc("syncfs")
-if _syncfs is not None:
-    _syncfs.argtypes = [ctypes.c_int]
-    _syncfs.restype = ctypes.c_int
-
-
-def syncfs(fd: int) -> None:
-    """Flush the whole filesystem holding `fd` (Linux `syncfs`); `os.sync()` elsewhere."""
-    if _syncfs is None:
-        os.sync()
-    elif _syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
 
 class Writeback:
     """Start writeback of each full `window` of a file written sequentially from `start`."""
@@ -89,3 +74,16 @@ class Writeback:
                 log.debug("sync_file_range refused (%s): leaving writeback to fsync", exc)
                 self.enabled = False
             self.next += self.window
+
+    def start_rest(self) -> None:
+        """Start (without waiting) the writeback of everything not started yet: the fsync that
+        comes later, for a whole batch, then finds most of it on its way to the disk."""
+        if not self.enabled:
+            return
+        begin = self.next - self.window
+        try:
+            assert _sync_file_range is not None
+            _sync_file_range(self.fd, begin, 0, WRITE)  # 0: to the end of the file
+        except OSError as exc:
+            log.debug("sync_file_range refused (%s): leaving writeback to fsync", exc)
+            self.enabled = False

@@ -126,12 +126,15 @@ def test_a_part_changed_after_streaming_is_not_placed(tmp_path):
 
 
 class CountingTarget(LocalTarget):
-    def __init__(self, root: str, fail: bool = False):
+    def __init__(self, root: str, fail: bool = False, fsyncs: list | None = None):
         super().__init__(root)
         self.syncs, self.fail = 0, fail
+        self.fsyncs, self.fsyncs_before_sync = fsyncs, None
 
     def sync(self) -> None:
         self.syncs += 1
+        if self.fsyncs is not None:
+            self.fsyncs_before_sync = len(self.fsyncs)
         if self.fail:
             raise OSError(errno.EIO, "Input/output error")
         super().sync()
@@ -141,14 +144,16 @@ def test_a_batch_is_synced_once_instead_of_an_fsync_per_file(tmp_path, monkeypat
     fsyncs = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
-    target = CountingTarget(str(tmp_path))
+    target = CountingTarget(str(tmp_path), fsyncs=fsyncs)
     data = [os.urandom(1000 + i) for i in range(5)]
     jobs = [FileJob(i, f"f{i}", f"alice/dl/ds/f{i}", len(d), hexcrc(d), Server(d))
             for i, d in enumerate(data)]
     results = run_file_jobs(target, jobs, lambda j: write_file(
         target, j, staging="alice/dl/.pollcat"), concurrency=3)
     assert all(isinstance(r, FileResult) for r in results)
-    assert target.syncs == 1 and fsyncs == [] and not target.sync_deferred
+    assert target.syncs == 1 and not target.sync_deferred
+    assert target.fsyncs_before_sync == 0  # none while the files were written
+    assert len(fsyncs) == 5 + 1  # then every placed file and their directory, once
     for i, d in enumerate(data):
         assert (tmp_path / f"alice/dl/ds/f{i}").read_bytes() == d
 
