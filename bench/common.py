@@ -51,3 +51,56 @@ def curl_speed(url: str, out: str = "/dev/null") -> tuple[float, int]:
                           url], capture_output=True, text=True, check=True)
     speed, size = res.stdout.split()
     return float(speed), int(float(size))
+
+
+def query(url: str, sid: str, jpql: str) -> list:
+    """An ICAT entityManager query (rows as ICAT's JSON)."""
+    resp = requests.get(f"{url}/icat/entityManager", params={"sessionId": sid, "query": jpql},
+                        timeout=120)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def pipeline(url: str, work: Path, tag: str, *, facility: str, password: str = "pollpass",
+             source: str = "direct", concurrency: int = 4, budget: float = 30, **sweep):
+    """A Pipeline delivering every `globus` download of the simulator to `work/target<tag>`."""
+    from pollcat.config import FacilityConfig, PipelineConfig, TargetConfig
+    from pollcat.pipeline import Pipeline
+
+    cfg = PipelineConfig(
+        facility=FacilityConfig(facility_name=facility, icat_url=url, ids_url=url,
+                                topcat_url=url, username="pollcat", password=password,
+                                timeout_seconds=120),
+        routes={"globus": TargetConfig(url=f"file://{work}/target{tag}", source=source,
+                                       concurrency=concurrency)},
+        state_dir=work / f"state{tag}", poll_budget_seconds=budget, **sweep)
+    return Pipeline(cfg)
+
+
+def timed_sweep(pipe) -> tuple[list, float]:
+    """(outcomes, wall seconds) of one sweep, discovery included; closes the clients."""
+    t0 = time.monotonic()
+    try:
+        outcomes = pipe.sweep()
+    finally:
+        wall = time.monotonic() - t0
+        pipe.clients.close()
+    return outcomes, wall
+
+
+def curl_many(pairs: list[tuple[str, str]], procs: int = 8, per: int = 50) -> float:
+    """Seconds for `xargs -P<procs>` curl processes, each fetching `per` URLs over one
+    keep-alive connection (a curl config file of url/output pairs): the tuned peer."""
+    tmp = Path(tempfile.mkdtemp(prefix="pollcat-curl-"))
+    configs = []
+    for i in range(0, len(pairs), per):
+        cfg = tmp / f"batch{i // per:05d}.cfg"
+        cfg.write_text("".join(f'url = "{u}"\noutput = "{o}"\n' for u, o in pairs[i:i + per]))
+        configs.append(str(cfg))
+    t0 = time.monotonic()
+    subprocess.run(["xargs", f"-P{procs}", "-n1", "curl", "-sf", "-K"],
+                   input="\n".join(configs), text=True, check=True)
+    secs = time.monotonic() - t0
+    for cfg in configs:
+        Path(cfg).unlink()
+    return secs

@@ -5,6 +5,7 @@ transfer is measured."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -64,7 +65,7 @@ def _pollcat_once(url: str, work: Path, size: int, checksum: str, n: int):
 def main(size: int = GIB, rounds: int = 3) -> dict:
     """Alternate curl and pollcat `rounds` times against one simulator; report medians."""
     work = Path(tempfile.mkdtemp(prefix="pollcat-tput-"))
-    curl, moved, walls = [], [], []
+    curl, moved, walls, null, synced = [], [], [], [], []
     with sim_process(scenario(size)) as (url, _startup):
         sid = login(url, "pollcat", "pollpass")
         rows = requests.get(f"{url}/icat/entityManager", params={
@@ -73,10 +74,16 @@ def main(size: int = GIB, rounds: int = 3) -> dict:
         get_url = f"{url}/ids/getData?sessionId={sid}&datafileIds={df['id']}"
         for n in range(rounds):
             curl_out = work / "curl.raw"
+            t0 = time.monotonic()
             bps, nbytes = curl_speed(get_url, str(curl_out))
+            fd = os.open(curl_out, os.O_RDONLY)  # the same durability as pollcat's delivery
+            os.fsync(fd)
+            os.close(fd)
+            synced.append(size / (time.monotonic() - t0) / 1e6)
             assert nbytes == size
             curl_out.unlink()
             curl.append(bps / 1e6)
+            null.append(curl_speed(get_url)[0] / 1e6)
             out, wall = _pollcat_once(url, work, size, df["checksum"], n)
             moved.append(out.mb_per_s)
             walls.append(wall)
@@ -89,6 +96,12 @@ def main(size: int = GIB, rounds: int = 3) -> dict:
         "median_curl_o_MBps": round(statistics.median(curl), 1),
         "median_pollcat_MBps": round(statistics.median(moved), 1),
         "median_ratio": round(statistics.median(moved) / statistics.median(curl), 2),
+        "curl_dev_null_MBps": [round(x, 1) for x in null],
+        "median_curl_dev_null_MBps": round(statistics.median(null), 1),
+        "curl_o_fsync_MBps": [round(x, 1) for x in synced],
+        "median_curl_o_fsync_MBps": round(statistics.median(synced), 1),
+        "median_ratio_to_curl_fsync": round(statistics.median(moved)
+                                            / statistics.median(synced), 2),
     }
     print(json.dumps(result, indent=1))
     return result

@@ -18,6 +18,7 @@ of IDS text, and chained urllib3 exceptions (whose text quotes the URL) are drop
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import re
@@ -70,10 +71,16 @@ def _plain_error(status: int, message: str) -> PollcatError:
     return cls(message, service=SERVICE, status=status)
 
 
+@functools.cache
+def _system_context() -> ssl.SSLContext:
+    """One context with the system CAs for every pool: loading them costs milliseconds."""
+    return ssl.create_default_context()
+
+
 def _pool_options(verify: bool | str) -> dict[str, Any]:
     """`True`: system CAs; `False`: no verification; a path: that CA bundle."""
     if verify is True:
-        return {"ssl_context": ssl.create_default_context()}
+        return {"ssl_context": _system_context()}
     if verify is False:
         return {"cert_reqs": "CERT_NONE", "assert_hostname": False}
     return {"ca_certs": str(verify)}
@@ -257,7 +264,12 @@ class RangedResponse:
             raise ConnectionError(f"IDS stream broke: {snippet(str(exc))}") from None
 
     def close(self) -> None:
-        self._resp.close()
+        """A body read to its end gives its connection back to the pool (keep-alive: the next
+        getData of the download reuses it); one abandoned midway closes its connection."""
+        if self._resp.length_remaining == 0:
+            self._resp.release_conn()
+        else:
+            self._resp.close()
 
 
 class IdsGateway:

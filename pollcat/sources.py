@@ -36,7 +36,8 @@ from pollcat.transfer import (
     FileResult,
     PlaceGuard,
     is_connection_loss,
-    run_jobs,
+    run_file_jobs,
+    synced_once,
     write_file,
     write_stream_entry,
 )
@@ -80,7 +81,7 @@ class DirectSource(Source):
     def transfer(self, ctx, jobs, infos):
         for job in jobs:
             job.open = _opener(ctx, job.datafile_id)
-        return run_jobs(jobs, lambda job: write_file(
+        return run_file_jobs(ctx.target, jobs, lambda job: write_file(
             ctx.target, job, staging=ctx.staging, on_progress=ctx.on_progress,
             before_place=ctx.before_place), concurrency=ctx.concurrency)
 
@@ -108,7 +109,7 @@ class StorageSource(Source):
             return link_or_copy(self.src_fs, src, ctx.target, job, staging=ctx.staging,
                                 hardlink=self.hardlink, on_progress=ctx.on_progress,
                                 before_place=ctx.before_place)
-        return run_jobs(jobs, one, concurrency=ctx.concurrency)
+        return run_file_jobs(ctx.target, jobs, one, concurrency=ctx.concurrency)
 
 
 def _strip_digest(location: str) -> str:
@@ -130,7 +131,8 @@ class PreparedZipSource(Source):
         last_error: BaseException | None = None
         for attempt in range(1, ZIP_RESTARTS + 1):
             try:
-                self._one_pass(ctx, by_path, by_name, results)
+                with synced_once(ctx.target):
+                    self._one_pass(ctx, by_path, by_name, results)
                 last_error = None
                 break
             except (TransientError, NotReady, DeliveryLocked) as exc:

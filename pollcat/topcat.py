@@ -230,10 +230,19 @@ class TopcatAdmin:
             offset += page_size
 
     def pending(self, transport: str, status: str = "RESTORING", *,
-                page_size: int = 100) -> list[Download]:
+                page_size: int = 100, after_id: int | None = None) -> list[Download]:
+        """The transport's non-deleted downloads in `status`, oldest first.
+
+        `after_id`: only downloads with a larger id. Single-level discovery asks for COMPLETE
+        downloads, and without a bound it pages through the facility's whole history every
+        sweep (100,000 rows are 1,000 pages); with the highest id whose fate is already settled
+        it asks for the new ones only. The bound is the caller's to keep (the ledger).
+        """
         where = (f"download.facilityName = {literal(self.facility)} "
                  f"and download.transport = {literal(transport)} "
                  f"and download.status = {ENUM}.{status} and download.isDeleted = false")
+        if after_id is not None:
+            where += f" and download.id > {int(after_id)}"
         return list(self.query(where, page_size=page_size))
 
     def get(self, download_id: int) -> Download | None:

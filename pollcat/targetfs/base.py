@@ -96,6 +96,16 @@ class TargetFS:
     root: str
     #: Whether the part file is read back before placing (cheap on a local disk).
     reread_before_place: bool = False
+    #: Set while a batch of files is written whose durability one `sync()` provides at the end
+    #: (`transfer.synced_once`): the part writer then only starts the writeback.
+    sync_deferred: bool = False
+
+    def note_placed(self, rel: str) -> None:
+        """A file placed while `sync_deferred`: `sync` makes it durable."""
+
+    def sync(self) -> None:
+        """Make every file noted by `note_placed` durable. Only targets that can batch it
+        (local) defer per-file fsyncs; the others fsync each file as it is written."""
 
     def path(self, rel: str) -> str:
         """The full path of `rel`, for messages."""
@@ -145,7 +155,14 @@ class TargetFS:
             log.warning("could not remove %s: %s", self.path(rel), exc)
 
     def create_replacing(self, rel: str) -> IO[bytes]:
-        """`create`, after removing a file of ours left at `rel` by an earlier attempt."""
+        """`create`, after removing a file of ours left at `rel` by an earlier attempt.
+
+        The exclusive create is tried first: the name is usually free, and one walk is cheaper
+        than two when a download has thousands of files."""
+        try:
+            return self.create(rel)
+        except NameTaken:
+            pass
         entry = self.lstat(rel)
         if entry is not None:
             if entry.kind is not Kind.FILE:

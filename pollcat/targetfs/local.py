@@ -6,7 +6,10 @@ import errno
 import os
 import posixpath
 import stat
+import threading
+import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import IO
 
@@ -21,12 +24,14 @@ from pollcat.targetfs.base import (
     split_rel,
     unsafe,
 )
+from pollcat.targetfs.dircache import DirCache
 from pollcat.targetfs.errmap import target_error, target_errors
 
+SYNC_THREADS = 8
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _check_private(st: os.stat_result, path: str) -> None:
@@ -44,6 +49,10 @@ class LocalTarget(TargetFS):
 
     def __init__(self, root: str):
         self.root = root
+        self._dirs = DirCache()
+        self._placed: list[str] = []  # placed without fsync, for `sync`
+        self._placed_lock = threading.Lock()
+        weakref.finalize(self, self._dirs.close)
 
     def _open_root(self, create: bool) -> int:
         if create:
@@ -51,34 +60,67 @@ class LocalTarget(TargetFS):
                 os.makedirs(self.root, exist_ok=True)
         return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
+    def _root(self, create: bool, opened: list[int]) -> int:
+        """The root's descriptor: the cached one while the root path still names it."""
+        try:
+            st = os.stat(self.root)
+            fd = self._dirs.valid((), st)
+            if fd is not None:
+                return fd
+        except OSError:
+            pass
+        fd = self._open_root(create)
+        if not self._dirs.keep((), fd):
+            opened.append(fd)
+        return fd
+
     @contextmanager
     def _dir(self, rel_dir: str, create: bool = False) -> Iterator[int]:
         """A descriptor of directory `rel_dir`, walked without following any link.
 
-        A missing directory raises FileNotFoundError as it is (readers treat it as absence);
-        every other failure is already one of pollcat's errors.
+        Descriptors of the directories walked are kept (`DirCache`) for this target's lifetime
+        (one download), and a kept one is used only after an `lstat` of every component from
+        the root shows the same directories (device, inode) still there: the same check a
+        fresh walk makes, without opening and closing each component on every file. A missing
+        directory raises FileNotFoundError as it is (readers treat it as absence); every other
+        failure is already one of pollcat's errors.
         """
         names = split_rel(rel_dir)
+        opened: list[int] = []  # descriptors of this walk that the cache did not keep
         try:
-            fd = self._open_root(create)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise target_error(exc, self.root) from exc
-        try:
+            try:
+                fd = self._root(create, opened)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise target_error(exc, self.root) from exc
             for i, name in enumerate(names):
                 here = self.path("/".join(names[:i + 1]))
+                key = tuple(names[:i + 1])
                 try:
-                    child = self._step(fd, name, here, create)
+                    child = self._dirs.valid(key, os.stat(name, dir_fd=fd,
+                                                          follow_symlinks=False))
+                    if child is not None and name == STAGING_NAME:
+                        _check_private(os.fstat(child), here)
+                    if child is None:
+                        child = self._step(fd, name, here, create)
+                        if not self._dirs.keep(key, child):
+                            opened.append(child)
                 except FileNotFoundError:  # callers that read decide what absence means
+                    if not create:
+                        raise
+                    child = self._step(fd, name, here, create)
+                    if not self._dirs.keep(key, child):
+                        opened.append(child)
+                except UnsafeTargetPath:
                     raise
                 except OSError as exc:
                     raise target_error(exc, here) from exc
-                os.close(fd)
                 fd = child
             yield fd
         finally:
-            os.close(fd)
+            for each in opened:
+                os.close(each)
 
     def _step(self, parent: int, name: str, here: str, create: bool) -> int:
         """Open `name` under `parent` as a directory (made if missing and `create`).
@@ -180,7 +222,7 @@ class LocalTarget(TargetFS):
                 fd = os.open(name, _CREATE_FLAGS, 0o644, dir_fd=dir_fd)
             except FileExistsError:
                 raise NameTaken(self.path(rel)) from None
-        return os.fdopen(fd, "wb")
+        return os.fdopen(fd, "wb")  # O_RDWR underneath: the part writer reads slices back
 
     def open_append(self, rel: str) -> IO[bytes] | None:
         fd = self._open_file(rel, _APPEND_FLAGS, 0, "a part file")
@@ -215,7 +257,12 @@ class LocalTarget(TargetFS):
     def list_names(self, rel: str) -> list[str]:
         try:
             with self._dir(rel) as fd, target_errors(self.path(rel)):
-                return os.listdir(fd)
+                # a descriptor of its own: listdir moves the offset of the (shared) kept one
+                own = os.open(".", _DIR_FLAGS, dir_fd=fd)
+                try:
+                    return os.listdir(own)
+                finally:
+                    os.close(own)
         except FileNotFoundError:
             return []
 
@@ -224,6 +271,34 @@ class LocalTarget(TargetFS):
         parent, name = posixpath.split(rel)
         with self._dir(parent) as fd, target_errors(self.path(rel)):
             os.link(src_path, name, dst_dir_fd=fd, follow_symlinks=False)
+
+    def note_placed(self, rel: str) -> None:
+        with self._placed_lock:
+            self._placed.append(rel)
+
+    def sync(self) -> None:
+        """fsync every file placed since the last sync, and their directories, on a few
+        threads at once (the filesystem groups concurrent fsyncs into few journal commits).
+        Not `syncfs`: that would also wait for every other writer's dirty data on a shared
+        filesystem."""
+        with self._placed_lock:
+            files, self._placed = self._placed, []
+        dirs = sorted({posixpath.dirname(rel) for rel in files})
+        with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pollcat-sync") as pool:
+            for _ in pool.map(self._fsync_file, files):
+                pass
+            for _ in pool.map(self._fsync_dir, dirs):
+                pass
+
+    def _fsync_file(self, rel: str) -> None:
+        f = self.open_read(rel)
+        if f is not None:  # gone meanwhile (a user's delete): nothing of ours to make durable
+            with f:
+                os.fsync(f.fileno())
+
+    def _fsync_dir(self, rel: str) -> None:
+        with self._dir(rel) as fd:
+            os.fsync(fd)
 
     def device(self, rel_dir: str) -> int:
         """`st_dev` of a directory (to decide whether a hard link can work)."""

@@ -1,0 +1,136 @@
+"""Many files and many downloads: per-file and per-download costs next to tuned curl.
+
+* 2,000 × 256 KiB in one download (direct source) vs `xargs -P8 curl`, 50 URLs per process;
+* 1,000 ready one-file downloads (single-level: COMPLETE at once) vs the same files by curl;
+* 1,000 pending downloads (two-level, restores that never end) with a 60 s poll budget: the
+  sweep's wall time, which the per-sweep deadline must keep near the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import curl_many, login, pipeline, query, sim_process, timed_sweep
+
+USERS = [{"name": "simple/pollcat", "password": "pollpass"},
+         {"name": "simple/alice", "password": "a", "email": "a@example.org"}]
+
+
+def one_download(files: int, size: int) -> dict:
+    return {
+        "facility": "MANY", "storage": "single-level", "admins": ["simple/pollcat"],
+        "users": USERS,
+        "investigations": [{"name": "MANY", "visit_id": "1", "title": "many",
+                            "users": ["simple/alice"], "datasets": [{"name": "ds", "datafiles": [
+                                {"generate": files, "size": size,
+                                 "name_pattern": "f{i:05d}.dat"}]}]}],
+        "topcat": {"poll_delay_s": 0, "poll_interval_wait_s": 0.5},
+        "downloads": [{"user": "simple/alice", "transport": "globus", "file_name": "many",
+                       "items": [{"investigation": "MANY"}]}],
+    }
+
+
+def many_downloads(n: int, size: int, storage: str, latency_s: float = 1.0) -> dict:
+    datafiles = [{"name": f"f{i:05d}.dat", "size": size} for i in range(n)]
+    return {
+        "facility": "MANY", "storage": storage, "admins": ["simple/pollcat"],
+        "storage_unit": "datafile", "restore": {"latency_s": latency_s},
+        "users": USERS,
+        "investigations": [{"name": "MANY", "visit_id": "1", "title": "many",
+                            "users": ["simple/alice"],
+                            "datasets": [{"name": "ds", "datafiles": datafiles}]}],
+        "topcat": {"poll_delay_s": 0, "poll_interval_wait_s": 0.5},
+        "downloads": [{"user": "simple/alice", "transport": "globus", "file_name": f"dl{i}",
+                       "items": [{"investigation": "MANY", "dataset": "ds",
+                                  "datafile": f"f{i:05d}.dat"}]} for i in range(n)],
+    }
+
+
+def _curl_pairs(url: str, work: Path) -> list[tuple[str, str]]:
+    sid = login(url, "pollcat", "pollpass")
+    rows = query(url, sid, "SELECT df FROM Datafile df ORDER BY df.id")
+    out = work / "curl"
+    out.mkdir(exist_ok=True)
+    return [(f"{url}/ids/getData?sessionId={sid}&datafileIds={r['Datafile']['id']}",
+             str(out / r["Datafile"]["name"])) for r in rows]
+
+
+def _alternate(url: str, work: Path, rounds: int, extra: dict | None = None,
+               **pipe_kw) -> dict:
+    """Alternating rounds of curl and one pollcat sweep over every download; medians.
+    `extra`: pipeline settings of a second pollcat variant measured in the same rounds."""
+    curl_s, poll_s, extra_s, delivered = [], [], [], 0
+    for n in range(rounds):
+        pairs = _curl_pairs(url, work)
+        curl_s.append(curl_many(pairs))
+        shutil.rmtree(work / "curl")
+        for variant, kw in [("", pipe_kw)] + ([("x", {**pipe_kw, **extra})] if extra else []):
+            tag = f"{variant}{n}"
+            outcomes, wall = timed_sweep(pipeline(url, work, tag, facility="MANY", **kw))
+            bad = [o for o in outcomes if o.outcome != "completed"]
+            assert not bad, bad[:3]
+            delivered = len(outcomes)
+            (extra_s if variant else poll_s).append(wall)
+            shutil.rmtree(work / f"target{tag}")
+            shutil.rmtree(work / f"state{tag}")
+    mc, mp = statistics.median(curl_s), statistics.median(poll_s)
+    out = {"rounds": rounds, "downloads": delivered, "curl_s": [round(x, 2) for x in curl_s],
+           "pollcat_s": [round(x, 2) for x in poll_s], "median_curl_s": round(mc, 2),
+           "median_pollcat_s": round(mp, 2), "ratio": round(mc / mp, 2)}
+    if extra:
+        out.update(extra_settings=extra, extra_s=[round(x, 2) for x in extra_s],
+                   median_extra_s=round(statistics.median(extra_s), 2))
+    return out
+
+
+def files_in_one(files: int = 2000, size: int = 256 << 10, rounds: int = 3) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="pollcat-many-"))
+    with sim_process(one_download(files, size)) as (url, _):
+        result = _alternate(url, work, rounds, concurrency=8)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"files": files, "bytes_each": size, **result}
+
+
+def ready_downloads(n: int = 1000, size: int = 64 << 10, rounds: int = 2) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="pollcat-ready-"))
+    with sim_process(many_downloads(n, size, "single-level")) as (url, startup):
+        result = _alternate(url, work, rounds, extra={"max_parallel_downloads": 16})
+    shutil.rmtree(work, ignore_errors=True)
+    return {"bytes_each": size, "sim_startup_s": round(startup, 1), **result}
+
+
+def pending_downloads(n: int = 1000, budget: float = 60.0) -> dict:
+    """Restores that outlast the sweep: every download stays pending until the deadline."""
+    work = Path(tempfile.mkdtemp(prefix="pollcat-pending-"))
+    with sim_process(many_downloads(n, 1024, "two-level", latency_s=1e6)) as (url, startup):
+        pipe = pipeline(url, work, "p", facility="MANY", budget=budget)
+        deadline = time.monotonic() + 300
+        while len(pipe.topcat.pending("globus")) < n:  # TopCAT's StatusCheck prepares them
+            if time.monotonic() > deadline:
+                raise RuntimeError("the downloads did not reach RESTORING")
+            time.sleep(1)
+        outcomes, wall = timed_sweep(pipe)
+    shutil.rmtree(work, ignore_errors=True)
+    kinds: dict[str, int] = {}
+    for o in outcomes:
+        kinds[str(o.outcome)] = kinds.get(str(o.outcome), 0) + 1
+    return {"downloads": n, "budget_s": budget, "sweep_s": round(wall, 1), "outcomes": kinds,
+            "sim_startup_s": round(startup, 1)}
+
+
+def main(scale: float = 1.0) -> dict:
+    result = {"files_in_one": files_in_one(int(2000 * scale)),
+              "ready_downloads": ready_downloads(int(1000 * scale)),
+              "pending_downloads": pending_downloads(int(1000 * scale), 60 * scale)}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
