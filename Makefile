@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo demo-keep test lint install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
+# a real Prefect server + worker; the schedule delivers the demo downloads, then all stops
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# the same, but server, worker and simulated facility stay up until Ctrl-C (explore the UI)
+demo-keep: $(STAMP)
+	$(PY) scripts/demo.py --keep
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -1,1 +1,1 @@
-"""Deployment helpers: register block types, and a bootstrap for a fresh Prefect server."""
+"""The design card's `deployments/` folder: the bootstrap lives in `pollcat.deployments`."""

@@ -5,6 +5,7 @@ pollcat.blocks` works from any directory once pollcat is installed.
 """
 
 from pollcat.blocks.facility import PollcatFacility
+from pollcat.blocks.notifications import OperatorEmail
 from pollcat.blocks.targets import DeliveryTarget
 
-__all__ = ["PollcatFacility", "DeliveryTarget"]
+__all__ = ["PollcatFacility", "DeliveryTarget", "OperatorEmail"]

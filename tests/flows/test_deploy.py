@@ -29,14 +29,19 @@ def test_block_register_for_every_block_type():
     assert "pollcat-facility" in res.stdout and "pollcat-delivery-target" in res.stdout
 
 
-def test_prefect_yaml_deploys_both_flows():
+def test_prefect_yaml_deploys_both_flows_per_facility_block():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    sweep = next(d for d in spec["deployments"] if d["name"] == "sweep")
+    sweep = next(d for d in spec["deployments"] if d["name"].startswith("sweep-"))
     assert sweep["concurrency_limit"]["limit"] == 1
     assert sweep["schedules"][0]["interval"] > 0
+    # the facility block owns every pipeline setting; the deployment only names the block
+    assert sweep["parameters"] == {"facility": "{{ $POLLCAT_FACILITY_BLOCK }}"}
     assert _prefect("work-pool", "create", "pollcat", "--type", "process").returncode == 0
-    res = _prefect("deploy", "--all", env_extra={"POLLCAT_HOME": str(REPO),
-                                                 "POLLCAT_FACILITY_BLOCK": "lils"})
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    for block in ("lils", "isis"):
+        res = _prefect("deploy", "--all", env_extra={"POLLCAT_HOME": str(REPO),
+                                                     "POLLCAT_FACILITY_BLOCK": block})
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     listing = _prefect("deployment", "ls").stdout
-    assert "pollcat-sweep/sweep" in listing and "pollcat-deliver/deliver" in listing
+    for name in ("pollcat-sweep/sweep-lils", "pollcat-deliver/deliver-lils",
+                 "pollcat-sweep/sweep-isis", "pollcat-deliver/deliver-isis"):
+        assert name in listing, listing
