@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,42 @@ MSG_UNAVAILABLE = "This operation has been configured to be unavailable"
 MSG_SINGLE_LEVEL = "This operation is unavailable for single level storage"
 
 Params = dict[str, str]
+
+
+class StreamGauge:
+    """How many getData bodies are streaming right now, and the most there ever were at once.
+
+    Why: a facility's IDS is sized for so many simultaneous getData streams, and pollcat bounds
+    the streams of all its workers together (a global concurrency limit per IDS). The simulator
+    counts what it actually served so that a test can assert the bound held; the count covers
+    a body from its first chunk until it is exhausted or the client went away.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.total = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.total += 1
+            self.peak = max(self.peak, self.active)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def reset(self) -> None:
+        """Forget the peak and total (the active count stays true)."""
+        with self._lock:
+            self.peak = self.active
+            self.total = 0
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"active": self.active, "peak": self.peak, "total": self.total}
 
 
 # -- small wire helpers ------------------------------------------------------------------------
@@ -201,6 +238,7 @@ class IdsService:
         self.store = fac.store
         self.storage = fac.storage
         self.prepared = fac.prepared
+        self.streams: StreamGauge = fac.ids_streams
 
     # ---- plain informational calls
     def ping(self, p: Params, headers: Any) -> Response:
@@ -501,7 +539,7 @@ class IdsService:
                 headers["Content-Length"] = str(length)
                 body = clip(body, length)
         headers["Content-Disposition"] = grizzly_header(f'attachment; filename="{name}"')
-        body = self._locked(body, list(record.datasets))
+        body = self._counted(self._locked(body, list(record.datasets)))
         return StreamingResponse(prefetch(body), status_code=206 if offset > 0 else 200,
                                  headers=headers, media_type="application/octet-stream")
 
@@ -521,6 +559,16 @@ class IdsService:
             yield from body
         finally:
             self.storage.unlock_shared(dataset_ids)
+
+
+    def _counted(self, body: Iterator[bytes]) -> Iterator[bytes]:
+        """Count the stream from its first chunk until the body ends or is closed (the
+        read-ahead in `prefetch` ends it while the last chunk is still being sent)."""
+        self.streams.enter()
+        try:
+            yield from body
+        finally:
+            self.streams.leave()
 
 
 def zip_name(outname: str | None) -> str:
@@ -708,4 +756,4 @@ def build(fac: SimFacility) -> Starlette:
                      middleware=[Middleware(CorsMiddleware)])
 
 
-__all__ = ["build", "IdsService", "java_hash_order", "parse_ids", "zip_name"]
+__all__ = ["build", "IdsService", "StreamGauge", "java_hash_order", "parse_ids", "zip_name"]
