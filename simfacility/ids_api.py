@@ -95,12 +95,15 @@ class StreamGauge:
         self.active = 0
         self.peak = 0
         self.total = 0
+        self.resumed: list[int] = []  # the Range offsets of bodies that did not start at 0
 
-    def enter(self) -> None:
+    def enter(self, offset: int = 0) -> None:
         with self._lock:
             self.active += 1
             self.total += 1
             self.peak = max(self.peak, self.active)
+            if offset > 0:
+                self.resumed.append(offset)
 
     def leave(self) -> None:
         with self._lock:
@@ -111,10 +114,12 @@ class StreamGauge:
         with self._lock:
             self.peak = self.active
             self.total = 0
+            self.resumed = []
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"active": self.active, "peak": self.peak, "total": self.total}
+            return {"active": self.active, "peak": self.peak, "total": self.total,
+                    "resumed": list(self.resumed)}
 
 
 # -- small wire helpers ------------------------------------------------------------------------
@@ -539,7 +544,7 @@ class IdsService:
                 headers["Content-Length"] = str(length)
                 body = clip(body, length)
         headers["Content-Disposition"] = grizzly_header(f'attachment; filename="{name}"')
-        body = self._counted(self._locked(body, list(record.datasets)))
+        body = self._counted(self._locked(body, list(record.datasets)), offset)
         return StreamingResponse(prefetch(body), status_code=206 if offset > 0 else 200,
                                  headers=headers, media_type="application/octet-stream")
 
@@ -561,10 +566,10 @@ class IdsService:
             self.storage.unlock_shared(dataset_ids)
 
 
-    def _counted(self, body: Iterator[bytes]) -> Iterator[bytes]:
+    def _counted(self, body: Iterator[bytes], offset: int) -> Iterator[bytes]:
         """Count the stream from its first chunk until the body ends or is closed (the
         read-ahead in `prefetch` ends it while the last chunk is still being sent)."""
-        self.streams.enter()
+        self.streams.enter(offset)
         try:
             yield from body
         finally:
