@@ -96,14 +96,16 @@ class StreamGauge:
         self.peak = 0
         self.total = 0
         self.resumed: list[int] = []  # the Range offsets of bodies that did not start at 0
+        self.datafiles: list[int] = []  # the datafile ids each body served, body by body
 
-    def enter(self, offset: int = 0) -> None:
+    def enter(self, offset: int = 0, datafile_ids: Iterable[int] = ()) -> None:
         with self._lock:
             self.active += 1
             self.total += 1
             self.peak = max(self.peak, self.active)
             if offset > 0:
                 self.resumed.append(offset)
+            self.datafiles.extend(datafile_ids)
 
     def leave(self) -> None:
         with self._lock:
@@ -115,11 +117,12 @@ class StreamGauge:
             self.peak = self.active
             self.total = 0
             self.resumed = []
+            self.datafiles = []
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {"active": self.active, "peak": self.peak, "total": self.total,
-                    "resumed": list(self.resumed)}
+                    "resumed": list(self.resumed), "datafiles": list(self.datafiles)}
 
 
 # -- small wire helpers ------------------------------------------------------------------------
@@ -544,7 +547,8 @@ class IdsService:
                 headers["Content-Length"] = str(length)
                 body = clip(body, length)
         headers["Content-Disposition"] = grizzly_header(f'attachment; filename="{name}"')
-        body = self._counted(self._locked(body, list(record.datasets)), offset)
+        body = self._counted(self._locked(body, list(record.datasets)), offset,
+                             [d.id for d in record.datafiles])
         return StreamingResponse(prefetch(body), status_code=206 if offset > 0 else 200,
                                  headers=headers, media_type="application/octet-stream")
 
@@ -566,10 +570,11 @@ class IdsService:
             self.storage.unlock_shared(dataset_ids)
 
 
-    def _counted(self, body: Iterator[bytes], offset: int) -> Iterator[bytes]:
+    def _counted(self, body: Iterator[bytes], offset: int,
+                 datafile_ids: list[int]) -> Iterator[bytes]:
         """Count the stream from its first chunk until the body ends or is closed (the
         read-ahead in `prefetch` ends it while the last chunk is still being sent)."""
-        self.streams.enter(offset)
+        self.streams.enter(offset, datafile_ids)
         try:
             yield from body
         finally:

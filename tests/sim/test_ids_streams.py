@@ -39,7 +39,8 @@ def test_open_bodies_are_counted_until_read_or_closed(sim):
     scan = _scan(sim)
     url = f"{sim.url}/ids/getData"
     params = {"sessionId": sid, "datafileIds": str(scan.id)}
-    assert _streams(sim) == {"active": 0, "peak": 0, "total": 0, "resumed": []}
+    assert _streams(sim) == {"active": 0, "peak": 0, "total": 0, "resumed": [],
+                             "datafiles": []}
     with httpx.Client(timeout=10) as http:
         opened = []
         for _ in range(3):  # three bodies open at once, each read one chunk only
@@ -53,24 +54,27 @@ def test_open_bodies_are_counted_until_read_or_closed(sim):
             resp.close()
     # a client that went away releases its count once the server notices
     _wait_until(lambda: _streams(sim)["active"] == 0)
-    assert _streams(sim) == {"active": 0, "peak": 3, "total": 3, "resumed": []}
+    assert _streams(sim) == {"active": 0, "peak": 3, "total": 3, "resumed": [],
+                             "datafiles": [scan.id] * 3}
 
     # a body read to the end is counted once and leaves no active stream; the peak stays
     client = IDSClient(sim.url + "/ids", sessionId=sid)
     body = client.getData(DataSelection({"datafileIds": [scan.id]})).read()
     assert len(body) == scan.size
     _wait_until(lambda: _streams(sim)["active"] == 0)
-    assert _streams(sim) == {"active": 0, "peak": 3, "total": 4, "resumed": []}
+    assert _streams(sim) == {"active": 0, "peak": 3, "total": 4, "resumed": [],
+                             "datafiles": [scan.id] * 4}
 
     # a body resumed with Range is recorded with its offset (a continued part file)
     resumed = client.getData(DataSelection({"datafileIds": [scan.id]}), offset=BIG - 1000)
     assert len(resumed.read()) == 1000
     _wait_until(lambda: _streams(sim)["active"] == 0)
-    assert _streams(sim) == {"active": 0, "peak": 3, "total": 5, "resumed": [BIG - 1000]}
+    assert _streams(sim) == {"active": 0, "peak": 3, "total": 5, "resumed": [BIG - 1000],
+                             "datafiles": [scan.id] * 5}
 
     # DELETE forgets peak, total and offsets (between phases of a test)
     assert httpx.delete(f"{sim.url}/sim/ids-streams", timeout=10).json() == {
-        "active": 0, "peak": 0, "total": 0, "resumed": []}
+        "active": 0, "peak": 0, "total": 0, "resumed": [], "datafiles": []}
 
 
 def test_errors_before_the_body_are_not_streams(sim):
