@@ -90,3 +90,52 @@ def _wait_until(cond, timeout: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+def test_pollcat_slots_bound_the_streams_the_ids_sees(make_sim, tmp_path):
+    """pollcat's transfer slots (what Prefect's global limits back in a flow) hold the getData
+    streams at the IDS to the limit, with several downloads and files in flight at once; and
+    each file written takes a slot of its target's limit. In-process, no Prefect: a semaphore
+    per limit name stands in for the server."""
+    import threading
+    from collections import Counter
+    from contextlib import contextmanager
+
+    from pollcat.sources import SLOTS, ids_limit_name, target_limit_name
+    from tests.support import pipeline_for, statuses, sweep_until_complete
+
+    datasets = [{"name": f"ds-{i}", "datafiles": [{"name": f"f{i}_{k}.dat", "size": 3_000_000}
+                                                 for k in range(3)]} for i in range(4)]
+    inv = {"name": "INV-001", "visit_id": "1", "users": ["simple/alice"], "datasets": datasets}
+    sim = make_sim(scenario(
+        storage="single-level", investigations=[inv],
+        downloads=[{"user": "simple/alice", "transport": "globus", "file_name": f"d{i}",
+                    "items": [{"investigation": "INV-001", "dataset": f"ds-{i}"}]}
+                   for i in range(4)],
+        # every body pauses after its first 100 kB: without the limit they would overlap
+        faults=[{"kind": "stall", "service": "ids", "endpoint": "getData",
+                 "after_bytes": 100_000, "seconds": 0.3}]))
+    ids_name, target_name = ids_limit_name(sim.url), target_limit_name("LILS", "globus")
+    limits = {ids_name: threading.BoundedSemaphore(2)}
+    taken: Counter[str] = Counter()
+
+    @contextmanager
+    def slot(name: str):
+        taken[name] += 1
+        sem = limits.get(name)
+        if sem is None:
+            yield
+            return
+        with sem:
+            yield
+
+    token = SLOTS.set(slot)
+    try:
+        pipe = pipeline_for(sim, tmp_path, concurrency=3)
+        sweep_until_complete(pipe, sim.url)
+    finally:
+        SLOTS.reset(token)
+    assert set(statuses(sim.url).values()) == {"COMPLETE"}
+    streams = sim.facility.ids_streams.snapshot()
+    assert streams["total"] == 12 and streams["peak"] == 2, streams
+    assert taken == {ids_name: 12, target_name: 12}
