@@ -82,6 +82,7 @@ class Cluster:
     sim: RunningFacility
     root: Path
     target: Path
+    ledger_url: str
     hosts: list[Process] = field(default_factory=list)
     submitted: list[int] = field(default_factory=list)
 
@@ -164,7 +165,8 @@ PollcatFacility(facility_name={FACILITY!r}, icat_url={sim_url!r}, ids_url={sim_u
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("scale-out")
     with running_postgres() as pg:
-        prefect_db = pg.create_database("prefect").replace("+psycopg", "+asyncpg")
+        prefect_sync = pg.create_database("prefect")
+        prefect_db = prefect_sync.replace("+psycopg", "+asyncpg")
         ledger_url = pg.create_database("ledger")
         server = PrefectServer(root / "server", **SERVER_ENV,
                                PREFECT_API_DATABASE_CONNECTION_URL=prefect_db,
@@ -185,7 +187,10 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
                 assert ids_limit in res.stdout, res.stdout
                 assert (f"concurrency limit pollcat-target-{FACILITY}-globus ({WRITER_LIMIT}): "
                         "created") in res.stdout, res.stdout
-                c = Cluster(server, sim, root, root / "target")
+                # the server really keeps its state in PostgreSQL (not a fallback SQLite file)
+                assert {f"sweep-{BLOCK}", f"deliver-{BLOCK}"} <= _rows(
+                    prefect_sync, "SELECT name FROM deployment")
+                c = Cluster(server, sim, root, root / "target", ledger_url)
                 sim.add_fault(**SLOW_STREAMS)
                 yield c
         finally:
@@ -194,6 +199,14 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             server.stop()
     if MEASURED:
         print("\nmeasured:", json.dumps(MEASURED, indent=1))
+
+
+def _rows(sqlalchemy_url: str, query: str) -> set:
+    """The first column of `query` on a PostgreSQL database (psycopg URL)."""
+    import psycopg
+
+    with psycopg.connect(sqlalchemy_url.replace("postgresql+psycopg", "postgresql")) as conn:
+        return {row[0] for row in conn.execute(query)}
 
 
 def _wait(cond, timeout: float, what: str, cluster: Cluster, every: float = 1.0):
@@ -392,6 +405,10 @@ def test_killed_host_is_taken_over_from_the_part_file(cluster: Cluster):
     assert streams["resumed"] and max(streams["resumed"]) >= kept - 2 * 1024 * 1024, (
         streams, kept)
     assert Counter(m["download_id"] for m in sim.facility.mail_outbox)[did] == 1
+    # the shared ledger (PostgreSQL) says delivered, and nobody holds the download any more
+    assert _rows(cluster.ledger_url, f"SELECT verdict FROM pollcat_ledger "
+                                     f"WHERE download_id = {did}") == {"completed"}
+    assert _rows(cluster.ledger_url, "SELECT download_id FROM pollcat_lease") == set()
 
     # the dead host's IDS slot came back (its lease expired)
     name = ids_limit_name(sim.url)
