@@ -55,7 +55,7 @@ async def bootstrap(*, sweep_interval_s: float | None = None, pool_limit: int | 
                  await alerts.ensure_automation(client, automation))
         if not notify_ids:
             report("alerts: no --notify block given; alert automations on the server are kept")
-        configs = await asyncio.to_thread(_pipeline_configs, facilities)
+        configs = await asyncio.to_thread(_pipeline_configs, facilities, report)
         for name, limit in sorted(declared_limits(configs).items()):
             note(f"concurrency limit {name} ({limit})", await ensure_limit(client, name, limit))
     if deploy and not facilities:
@@ -66,9 +66,17 @@ async def bootstrap(*, sweep_interval_s: float | None = None, pool_limit: int | 
     return changes
 
 
-def _pipeline_configs(facilities: list[str]) -> list[PipelineConfig]:
-    """Every facility block's configuration with its targets (blocks load synchronously)."""
-    return [PollcatFacility.load(name).pipeline_config() for name in facilities]
+def _pipeline_configs(facilities: list[str], report: Report) -> list[PipelineConfig]:
+    """Every facility block's configuration with its targets (blocks load synchronously). A
+    block that cannot be loaded is reported and left out: its limits wait for the next run,
+    the rest of the bootstrap does not."""
+    configs = []
+    for name in facilities:
+        try:
+            configs.append(PollcatFacility.load(name).pipeline_config())
+        except Exception as exc:  # noqa: BLE001 - one broken block must not stop the others
+            report(f"concurrency limits of facility block {name}: not loaded ({exc})")
+    return configs
 
 
 def _parser() -> argparse.ArgumentParser:
