@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from prefect.client.orchestration import get_client
 
+from pollcat import logsafe
 from pollcat.blocks import DeliveryTarget, OperatorEmail, PollcatFacility
 from pollcat.config import PipelineConfig
 from pollcat.deployments import alerts
@@ -75,7 +76,8 @@ def _pipeline_configs(facilities: list[str], report: Report) -> list[PipelineCon
         try:
             configs.append(PollcatFacility.load(name).pipeline_config())
         except Exception as exc:  # noqa: BLE001 - one broken block must not stop the others
-            report(f"concurrency limits of facility block {name}: not loaded ({exc})")
+            report(f"concurrency limits of facility block {name}: not loaded "
+                   f"({logsafe.redact(str(exc))})")
     return configs
 
 
