@@ -88,6 +88,11 @@ class TargetConfig(BaseModel):
     layout: str = Field(default=DEFAULT_LAYOUT, description="Path template under the root.")
     concurrency: int = Field(default=4, ge=1, le=256,
                              description="Files in parallel within one download.")
+    writer_limit: int | None = Field(
+        default=None, ge=1,
+        description="Files written to this target at once by all workers on all hosts "
+                    "together (a Prefect global concurrency limit that bootstrap creates); "
+                    "unset: only concurrency and the worker limits bound it.")
     user_rule: str = Field(default="strip-prefix",
                            description=f"ICAT user to account name rule: {', '.join(USER_RULES)}.")
     user_map: dict[str, str] = Field(default_factory=dict,
@@ -219,6 +224,11 @@ class SweepSettings(BaseModel):
                                         description="Downloads delivered at once per worker.")
     check_concurrency: int = Field(default=8, ge=1, le=64,
                                    description="isPrepared checks in flight at once.")
+    ids_stream_limit: int | None = Field(
+        default=None, ge=1,
+        description="getData streams open at once against each of this facility's IDSs, by "
+                    "all workers on all hosts together (a Prefect global concurrency limit per "
+                    "IDS that bootstrap creates); unset: no limit across workers.")
     max_identical_mismatches: int = Field(
         default=3, ge=1,
         description="The same size/CRC32 mismatch this many times is a permanent failure.")

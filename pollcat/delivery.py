@@ -39,7 +39,7 @@ from pollcat.manifest import (
     verify_delivery,
     write_manifest,
 )
-from pollcat.sources import TransferContext, make_source
+from pollcat.sources import TransferContext, make_source, target_limit_name
 from pollcat.targetfs import STAGING_NAME, TargetFS, open_target
 from pollcat.topcat import Download
 from pollcat.transfer import FileJob, FileResult, parse_crc
@@ -222,7 +222,8 @@ def _transfer(plan: DeliveryPlan, prepared_id: str, clients: FacilityClients, fa
                           ids=clients.ids_for(d.transport),
                           session_id=clients.icat.session_id, target=plan.targetfs,
                           staging=plan.staging, concurrency=target.concurrency,
-                          on_progress=progress, before_place=plan.claim.check)
+                          on_progress=progress, before_place=plan.claim.check,
+                          target_slot=target_limit_name(facility, d.transport))
     results = source.transfer(ctx, plan.jobs, plan.infos)
     raise_first_failure(d.id, plan.jobs, results)
     ok = [r for r in results if isinstance(r, FileResult)]

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import unquote_plus
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus, urlparse
 
 from fsspec.core import url_to_fs
 
@@ -46,6 +49,27 @@ from pollcat.unzip import iter_entries
 log = logging.getLogger("pollcat.sources")
 ZIP_RESTARTS = 3
 
+#: Takes one slot of the named limit for as long as the context lasts.
+SlotFactory = Callable[[str], AbstractContextManager[Any]]
+
+#: The slot factory of this context: `nullcontext` (no limits) unless a flow installed Prefect's
+#: global concurrency limits (pollcat.flows.slots). A contextvar, so that this module and the
+#: pipeline stay free of Prefect and the CLI runs unchanged.
+SLOTS: ContextVar[SlotFactory] = ContextVar("pollcat_slots", default=nullcontext)
+
+
+def ids_limit_name(ids_url: str) -> str:
+    """The global limit on simultaneous getData streams from one IDS, shared by every facility
+    block and worker that talks to it: `pollcat-ids-<host:port>`."""
+    parsed = urlparse(ids_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"pollcat-ids-{parsed.hostname}:{port}"
+
+
+def target_limit_name(facility: str, transport: str) -> str:
+    """The global limit on files written at once to one facility's target of one transport."""
+    return f"pollcat-target-{facility}-{transport}"
+
 
 @dataclass
 class TransferContext:
@@ -64,6 +88,19 @@ class TransferContext:
     concurrency: int
     on_progress: Callable[[int], None] | None = None
     before_place: PlaceGuard | None = None
+    #: the target's limit name (target_limit_name); None: files are written without a slot
+    target_slot: str | None = None
+    slot: SlotFactory = field(default_factory=SLOTS.get)
+
+    def ids_stream(self) -> AbstractContextManager[Any]:
+        """One slot of this IDS's stream limit, around one getData body (none for a gateway
+        without a base URL: a test double)."""
+        url = getattr(self.ids, "base_url", None)
+        return self.slot(ids_limit_name(url)) if url else nullcontext()
+
+    def target_write(self) -> AbstractContextManager[Any]:
+        """One slot of the target's writer limit, around one file written."""
+        return self.slot(self.target_slot) if self.target_slot else nullcontext()
 
 
 class Source:
@@ -81,9 +118,13 @@ class DirectSource(Source):
     def transfer(self, ctx, jobs, infos):
         for job in jobs:
             job.open = _opener(ctx, job.datafile_id)
-        return run_file_jobs(ctx.target, jobs, lambda job: write_file(
-            ctx.target, job, staging=ctx.staging, on_progress=ctx.on_progress,
-            before_place=ctx.before_place), concurrency=ctx.concurrency)
+
+        def one(job: FileJob) -> FileResult:
+            # always the IDS slot first, then the target's: no two workers wait on each other
+            with ctx.ids_stream(), ctx.target_write():
+                return write_file(ctx.target, job, staging=ctx.staging,
+                                  on_progress=ctx.on_progress, before_place=ctx.before_place)
+        return run_file_jobs(ctx.target, jobs, one, concurrency=ctx.concurrency)
 
 
 def _opener(ctx: TransferContext, datafile_id: int):
@@ -106,9 +147,10 @@ class StorageSource(Source):
             if not location:
                 raise PermanentError("datafile has no location in ICAT", datafile=job.name)
             src = self.src_root.rstrip("/") + "/" + _strip_digest(location)
-            return link_or_copy(self.src_fs, src, ctx.target, job, staging=ctx.staging,
-                                hardlink=self.hardlink, on_progress=ctx.on_progress,
-                                before_place=ctx.before_place)
+            with ctx.target_write():
+                return link_or_copy(self.src_fs, src, ctx.target, job, staging=ctx.staging,
+                                    hardlink=self.hardlink, on_progress=ctx.on_progress,
+                                    before_place=ctx.before_place)
         return run_file_jobs(ctx.target, jobs, one, concurrency=ctx.concurrency)
 
 
@@ -131,7 +173,7 @@ class PreparedZipSource(Source):
         last_error: BaseException | None = None
         for attempt in range(1, ZIP_RESTARTS + 1):
             try:
-                with synced_once(ctx.target):
+                with ctx.ids_stream(), synced_once(ctx.target):  # one zip body per pass
                     self._one_pass(ctx, by_path, by_name, results)
                 last_error = None
                 break
@@ -159,9 +201,10 @@ class PreparedZipSource(Source):
                     entry.skip()
                     continue
                 try:
-                    results[job.datafile_id] = write_stream_entry(
-                        ctx.target, job, entry.iter_chunks(), staging=ctx.staging,
-                        before_place=ctx.before_place)
+                    with ctx.target_write():
+                        results[job.datafile_id] = write_stream_entry(
+                            ctx.target, job, entry.iter_chunks(), staging=ctx.staging,
+                            before_place=ctx.before_place)
                     if ctx.on_progress:
                         ctx.on_progress(job.size)
                 except PollcatError as exc:

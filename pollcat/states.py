@@ -38,6 +38,7 @@ class OutcomeKind(StrEnum):
     EXPIRED = "expired"  # a permanent failure; TopCAT shows EXPIRED
     SKIPPED = "skipped"  # nothing to do (deleted, already completed, status changed)
     LOCKED = "locked"  # another worker owns the download right now
+    DISPATCHED = "dispatched"  # handed to a deliver flow run; any worker of the pool delivers it
 
     @property
     def failed(self) -> bool:

@@ -30,6 +30,11 @@ def _sim_routes(fac: SimFacility) -> list[Route]:
     async def mail(request: Request) -> JSONResponse:
         return JSONResponse(fac.mail_outbox)
 
+    async def ids_streams(request: Request) -> JSONResponse:
+        if request.method == "DELETE":
+            fac.ids_streams.reset()
+        return JSONResponse(fac.ids_streams.snapshot())
+
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "facility": fac.config.facility,
                              "twoLevel": fac.two_level})
@@ -37,6 +42,7 @@ def _sim_routes(fac: SimFacility) -> list[Route]:
     return [
         Route("/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route("/mail", mail, methods=["GET"]),
+        Route("/ids-streams", ids_streams, methods=["GET", "DELETE"]),
         Route("/health", health, methods=["GET"]),
     ]
 

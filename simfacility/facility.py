@@ -34,6 +34,7 @@ class SimFacility:
         self.mail_outbox: list[dict[str, Any]] = []
         self.base_url: str | None = None
 
+        from simfacility.ids_api import StreamGauge
         from simfacility.prepared import PreparedStore
         from simfacility.storage import Storage
         from simfacility.topcat_state import TopcatState
@@ -41,6 +42,7 @@ class SimFacility:
         self.storage = Storage(self)
         self.prepared = PreparedStore(self)
         self.topcat = TopcatState(self)
+        self.ids_streams = StreamGauge()  # concurrent getData bodies: now, peak, total
         if not self.config.two_level and self.config.materialize_online:
             for df in self.store.datafiles.values():
                 if df.location is not None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,50 @@ MSG_UNAVAILABLE = "This operation has been configured to be unavailable"
 MSG_SINGLE_LEVEL = "This operation is unavailable for single level storage"
 
 Params = dict[str, str]
+
+
+class StreamGauge:
+    """How many getData bodies are streaming right now, and the most there ever were at once.
+
+    Why: a facility's IDS is sized for so many simultaneous getData streams, and pollcat bounds
+    the streams of all its workers together (a global concurrency limit per IDS). The simulator
+    counts what it actually served so that a test can assert the bound held; the count covers
+    a body from its first chunk until it is exhausted or the client went away.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.total = 0
+        self.resumed: list[int] = []  # the Range offsets of bodies that did not start at 0
+        self.datafiles: list[int] = []  # the datafile ids each body served, body by body
+
+    def enter(self, offset: int = 0, datafile_ids: Iterable[int] = ()) -> None:
+        with self._lock:
+            self.active += 1
+            self.total += 1
+            self.peak = max(self.peak, self.active)
+            if offset > 0:
+                self.resumed.append(offset)
+            self.datafiles.extend(datafile_ids)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def reset(self) -> None:
+        """Forget the peak and total (the active count stays true)."""
+        with self._lock:
+            self.peak = self.active
+            self.total = 0
+            self.resumed = []
+            self.datafiles = []
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"active": self.active, "peak": self.peak, "total": self.total,
+                    "resumed": list(self.resumed), "datafiles": list(self.datafiles)}
 
 
 # -- small wire helpers ------------------------------------------------------------------------
@@ -201,6 +246,7 @@ class IdsService:
         self.store = fac.store
         self.storage = fac.storage
         self.prepared = fac.prepared
+        self.streams: StreamGauge = fac.ids_streams
 
     # ---- plain informational calls
     def ping(self, p: Params, headers: Any) -> Response:
@@ -501,7 +547,8 @@ class IdsService:
                 headers["Content-Length"] = str(length)
                 body = clip(body, length)
         headers["Content-Disposition"] = grizzly_header(f'attachment; filename="{name}"')
-        body = self._locked(body, list(record.datasets))
+        body = self._counted(self._locked(body, list(record.datasets)), offset,
+                             [d.id for d in record.datafiles])
         return StreamingResponse(prefetch(body), status_code=206 if offset > 0 else 200,
                                  headers=headers, media_type="application/octet-stream")
 
@@ -521,6 +568,17 @@ class IdsService:
             yield from body
         finally:
             self.storage.unlock_shared(dataset_ids)
+
+
+    def _counted(self, body: Iterator[bytes], offset: int,
+                 datafile_ids: list[int]) -> Iterator[bytes]:
+        """Count the stream from its first chunk until the body ends or is closed (the
+        read-ahead in `prefetch` ends it while the last chunk is still being sent)."""
+        self.streams.enter(offset, datafile_ids)
+        try:
+            yield from body
+        finally:
+            self.streams.leave()
 
 
 def zip_name(outname: str | None) -> str:
@@ -708,4 +766,4 @@ def build(fac: SimFacility) -> Starlette:
                      middleware=[Middleware(CorsMiddleware)])
 
 
-__all__ = ["build", "IdsService", "java_hash_order", "parse_ids", "zip_name"]
+__all__ = ["build", "IdsService", "StreamGauge", "java_hash_order", "parse_ids", "zip_name"]

@@ -22,9 +22,12 @@ from collections.abc import Callable
 
 from prefect.client.orchestration import get_client
 
+from pollcat import logsafe
 from pollcat.blocks import DeliveryTarget, OperatorEmail, PollcatFacility
+from pollcat.config import PipelineConfig
 from pollcat.deployments import alerts
 from pollcat.deployments.facilities import deploy_facility, facility_block_names
+from pollcat.deployments.limits import declared_limits, ensure_limit
 from pollcat.deployments.resources import POOL, Change, ensure_block_type, ensure_process_pool
 
 Report = Callable[[str], None]
@@ -53,12 +56,29 @@ async def bootstrap(*, sweep_interval_s: float | None = None, pool_limit: int | 
                  await alerts.ensure_automation(client, automation))
         if not notify_ids:
             report("alerts: no --notify block given; alert automations on the server are kept")
+        configs = await asyncio.to_thread(_pipeline_configs, facilities, report)
+        for name, limit in sorted(declared_limits(configs).items()):
+            note(f"concurrency limit {name} ({limit})", await ensure_limit(client, name, limit))
     if deploy and not facilities:
         report("no pollcat-facility block saved yet: nothing to deploy")
     for name in facilities if deploy else []:
         await asyncio.to_thread(deploy_facility, name, sweep_interval_s=sweep_interval_s)
         report(f"deployments sweep-{name}, deliver-{name}: deployed")
     return changes
+
+
+def _pipeline_configs(facilities: list[str], report: Report) -> list[PipelineConfig]:
+    """Every facility block's configuration with its targets (blocks load synchronously). A
+    block that cannot be loaded is reported and left out: its limits wait for the next run,
+    the rest of the bootstrap does not."""
+    configs = []
+    for name in facilities:
+        try:
+            configs.append(PollcatFacility.load(name).pipeline_config())
+        except Exception as exc:  # noqa: BLE001 - one broken block must not stop the others
+            report(f"concurrency limits of facility block {name}: not loaded "
+                   f"({logsafe.redact(str(exc))})")
+    return configs
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from prefect.states import Failed, State
 
 from pollcat import logsafe
 from pollcat.blocks.facility import PollcatFacility
+from pollcat.flows.slots import prefect_slots
 from pollcat.pipeline import Outcome, Pipeline, Submit
 from pollcat.tasks.steps import deliver, record_failure
 from pollcat.topcat import Download
@@ -19,9 +20,10 @@ from pollcat.topcat import Download
 
 @contextmanager
 def open_pipeline(facility_block: str) -> Iterator[Pipeline]:
-    """The facility block (and the target blocks it routes to) are the whole configuration."""
+    """The facility block (and the target blocks it routes to) are the whole configuration.
+    Transfers take their slots from Prefect's global concurrency limits (flows/slots.py)."""
     send_pollcat_logs_to_prefect()
-    with PollcatFacility.load(facility_block).get_pipeline() as pipeline:
+    with prefect_slots(), PollcatFacility.load(facility_block).get_pipeline() as pipeline:
         yield pipeline
 
 
