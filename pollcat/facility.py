@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from pollcat.config import FacilityConfig
 from pollcat.icat import IcatSession
 from pollcat.ids import IdsGateway
@@ -17,10 +19,15 @@ class FacilityClients:
         self.topcat = TopcatAdmin(cfg.topcat_url, cfg.facility_name, self.icat,
                                   timeout=cfg.timeout_seconds, verify=cfg.tls_verify)
         self._ids: dict[str, IdsGateway] = {}
+        self._ids_lock = threading.Lock()  # the first parallel checks must share one pool
 
     def ids_for(self, transport: str) -> IdsGateway:
         """The IDS TopCAT prepared this transport's downloads on (a preparedId is per IDS)."""
         url = self.cfg.ids_url_for(transport)
+        with self._ids_lock:
+            return self._gateway(url)
+
+    def _gateway(self, url: str) -> IdsGateway:
         if url not in self._ids:
             self._ids[url] = IdsGateway(url, timeout=self.cfg.timeout_seconds,
                                         verify=self.cfg.tls_verify)
