@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     _configured(sub, "verify", "re-read delivered files against their manifests; change nothing")
     c = _configured(sub, "cleanup", "remove deliveries older than their target's retention")
     c.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    sub.add_parser("bootstrap", help="set up a Prefect server for pollcat (idempotent): block "
+                   "types, work pool, limits, alerts, deployments; see `pollcat bootstrap -h`")
     return p
 
 
@@ -140,6 +142,11 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bootstrap"]:  # Prefect's side: its own flags (`pollcat bootstrap --help`)
+        from pollcat.deployments.bootstrap import main as bootstrap
+
+        return bootstrap(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -30,8 +30,10 @@ EXPECTED = {  # target-relative path → ICAT datafile name
 }
 
 
-def _bootstrap(server: PrefectServer, *args: str) -> str:
-    res = server.python("-m", "deployments.bootstrap", *args)
+def _bootstrap(server: PrefectServer, *args: str, cli: bool = False) -> str:
+    """The module form README "Install" documents, or the `pollcat bootstrap` command."""
+    res = server.python(*(("-m", "pollcat.cli", "bootstrap") if cli else
+                          ("-m", "deployments.bootstrap")), *args)
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
 
@@ -75,7 +77,8 @@ def test_schedule_delivers_end_to_end(prefect_server: PrefectServer, tmp_path):
         # bootstrap again, deploying every facility block with a short interval: nothing is
         # created twice, the deployments are updated in place
         t_deploy = time.monotonic()
-        second = _bootstrap(server, "--deploy", "--sweep-interval", str(SWEEP_INTERVAL_S))
+        second = _bootstrap(server, "--deploy", "--sweep-interval", str(SWEEP_INTERVAL_S),
+                            cli=True)
         assert all(line.endswith("unchanged") for line in second.splitlines()
                    if line.startswith(("block type", "work pool", "automation"))), second
         assert f"deployments sweep-{FACILITY_BLOCK}, deliver-{FACILITY_BLOCK}: deployed" in second
