@@ -229,6 +229,11 @@ class SweepSettings(BaseModel):
         description="getData streams open at once against each of this facility's IDSs, by "
                     "all workers on all hosts together (a Prefect global concurrency limit per "
                     "IDS that bootstrap creates); unset: no limit across workers.")
+    dispatch_deliveries: bool = Field(
+        default=False,
+        description="Run from a deployment, hand each ready download to the deliver "
+                    "deployment as its own flow run that any worker of the pool picks up "
+                    "(scale-out across hosts); off: the sweep run delivers them itself.")
     max_identical_mismatches: int = Field(
         default=3, ge=1,
         description="The same size/CRC32 mismatch this many times is a permanent failure.")

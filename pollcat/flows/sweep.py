@@ -35,9 +35,10 @@ def sweep(facility: str):
 
 
 def choose_submit(pipeline: Pipeline, facility: str) -> Submit:
-    """Dispatch to the deliver deployment when this run came from a deployment and the
-    facility has one; deliver in-process otherwise."""
-    if deployment.id is not None:
+    """Dispatch to the deliver deployment when the facility asks for it (`dispatch_deliveries`),
+    this run came from a deployment and the facility has a deliver deployment; deliver
+    in-process otherwise."""
+    if pipeline.cfg.dispatch_deliveries and deployment.id is not None:
         deliver_id = find_deliver_deployment(facility)
         if deliver_id is not None:
             get_run_logger().info("dispatching ready downloads to deliver-%s", facility)

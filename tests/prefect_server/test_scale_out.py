@@ -156,7 +156,7 @@ DeliveryTarget(url='file://{target}', concurrency=4,
 PollcatFacility(facility_name={FACILITY!r}, icat_url={sim_url!r}, ids_url={sim_url!r},
     topcat_url={sim_url!r}, username='pollcat', password='pollpass',
     routes={{'globus': 'scale-globus'}}, ledger_url={ledger_url!r}, state_dir={str(state_dir)!r},
-    poll_budget_seconds=20, ids_stream_limit={IDS_LIMIT},
+    poll_budget_seconds=20, ids_stream_limit={IDS_LIMIT}, dispatch_deliveries=True,
     max_parallel_downloads=4).save({BLOCK!r}, overwrite=True)
 """
 
