@@ -23,7 +23,7 @@ from tests.conftest import scenario
 from tests.prefect_server.server import REPO, PrefectServer
 from tests.support import statuses, wait_for
 
-pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(480)]
 
 FACILITY_BLOCK = "lils-alerts"
 SILENCE_MIN = 0.75
