@@ -94,9 +94,13 @@ def run_failed(notify: list[UUID]) -> AutomationCore:
             "flow run id: {{ flow_run.id }}"))
 
 
-def _pollcat_event(name: str) -> ResourceSpecification:
+def _on_pollcat_event(name: str, once_per: timedelta) -> EventTrigger:
+    """Fires on pollcat's own event `name`, at most once per resource within `once_per`."""
     kind = name.rsplit(".", 1)[0]  # pollcat.download.expired → resources pollcat.download.*
-    return ResourceSpecification({"prefect.resource.id": f"{kind}.*"})
+    return EventTrigger(
+        expect={name}, match=ResourceSpecification({"prefect.resource.id": f"{kind}.*"}),
+        for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
+        within=once_per)
 
 
 def download_failed(notify: list[UUID]) -> AutomationCore:
@@ -105,10 +109,7 @@ def download_failed(notify: list[UUID]) -> AutomationCore:
     return AutomationCore(
         name=DOWNLOAD_FAILED,
         description="One message per download that failed permanently, with the reason.",
-        trigger=EventTrigger(
-            expect={"pollcat.download.expired"}, match=_pollcat_event("pollcat.download.expired"),
-            for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
-            within=timedelta(hours=1)),
+        trigger=_on_pollcat_event("pollcat.download.expired", timedelta(hours=1)),
         actions=_notify(
             notify, "{{ event.resource.name }} failed permanently",
             "pollcat gave up on {{ event.resource.name }} and set it EXPIRED in TopCAT.\n"
@@ -123,10 +124,7 @@ def target_held(notify: list[UUID]) -> AutomationCore:
     return AutomationCore(
         name=TARGET_HELD,
         description="A delivery target cannot take data; its downloads wait.",
-        trigger=EventTrigger(
-            expect={"pollcat.target.held"}, match=_pollcat_event("pollcat.target.held"),
-            for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
-            within=timedelta(hours=1)),
+        trigger=_on_pollcat_event("pollcat.target.held", timedelta(hours=1)),
         actions=_notify(
             notify, "{{ event.resource.name }} cannot take data",
             "pollcat holds the downloads for {{ event.resource.name }}: "
@@ -138,10 +136,7 @@ def download_stuck(notify: list[UUID]) -> AutomationCore:
     return AutomationCore(
         name=DOWNLOAD_STUCK,
         description="A download has waited for its restore longer than alert_waiting_hours.",
-        trigger=EventTrigger(
-            expect={"pollcat.download.stuck"}, match=_pollcat_event("pollcat.download.stuck"),
-            for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
-            within=timedelta(hours=24)),
+        trigger=_on_pollcat_event("pollcat.download.stuck", timedelta(hours=24)),
         actions=_notify(
             notify, "{{ event.resource.name }} still waiting for its restore",
             "{{ event.resource.name }} has been waiting since {{ event.payload.waiting_since }}"
