@@ -96,18 +96,25 @@ def test_getfacl_parsing_and_perm_union():
     assert perms_union("r--", "--x") == "r-x" and perms_union("---", "--x") == "--x"
 
 
-def test_command_line_flags_build_the_policy():
-    import argparse
+def test_command_line_flags_build_the_policy(monkeypatch):
+    """`pollcat sweep --access JSON` is the block's `access` field, one declaration for both."""
+    import json
 
-    from pollcat.access.cli_args import add_access_arguments, policy_from_arguments
-    parser = argparse.ArgumentParser()
-    add_access_arguments(parser)
-    assert policy_from_arguments(parser.parse_args([])) == AccessPolicy()
-    policy = policy_from_arguments(parser.parse_args(
-        ["--accounts", "create", "--on-missing-account", "hold", "--file-mode", "0644",
-         "--acl-group", "staff", "--retention-days", "15", "--no-default-acl"]))
-    assert policy.accounts is AccountsMode.CREATE and policy.file_mode == 0o644
-    assert policy.acl_group == "staff" and not policy.default_acl
-    assert policy.retention_days == 15
+    from pollcat.cli import _parser, build_config
+
+    monkeypatch.setenv("POLLCAT_PASSWORD", "x")
+    base = ["sweep", "--icat-url", "http://h", "--ids-url", "http://h", "--topcat-url",
+            "http://h", "--facility-name", "F", "--username", "u", "--route", "t=file:///srv"]
+
+    def policy(access: dict | None):
+        extra = ["--access", json.dumps(access)] if access is not None else []
+        return build_config(_parser().parse_args(base + extra)).routes["t"].access_policy
+
+    assert policy({}) == AccessPolicy()
+    built = policy({"accounts": "create", "on_missing": "hold", "file_mode": "0644",
+                    "acl_group": "staff", "retention_days": 15, "default_acl": False})
+    assert built.accounts is AccountsMode.CREATE and built.file_mode == 0o644
+    assert built.acl_group == "staff" and not built.default_acl
+    assert built.retention_days == 15
     with pytest.raises(ConfigurationError, match="ACL mask"):
-        policy_from_arguments(parser.parse_args(["--file-mode", "0600"]))
+        policy({"file_mode": "0600"})
