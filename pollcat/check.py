@@ -21,6 +21,8 @@ from pollcat import logsafe
 from pollcat.config import PipelineConfig, TargetConfig
 from pollcat.errors import PollcatError
 from pollcat.facility import FacilityClients
+from pollcat.targetfs import open_target
+from pollcat.targetfs.base import is_local
 
 #: Below this much free space a target is reported as a warning.
 LOW_SPACE_BYTES = 10 * 1024**3
@@ -134,20 +136,20 @@ def _target_checks(transport: str, target: TargetConfig) -> Iterator[CheckResult
 
 
 def _writable(fs, root: str) -> str:
-    probe = f"{root.rstrip('/')}/.pollcat-check-{uuid.uuid4().hex}"
-    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or \
-            type(fs).__name__ == "LocalFileSystem":
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
-        os.unlink(probe)
-    else:
+    name = f".pollcat-check-{uuid.uuid4().hex}"
+    if is_local(fs):  # through the same no-follow layer deliveries use
+        target = open_target(fs, root)
+        target.create(name).close()
+        target.remove(name)
+    else:  # object stores and the like: a plain put and delete
+        probe = f"{root.rstrip('/')}/{name}"
         fs.pipe_file(probe, b"pollcat check")
         fs.rm_file(probe)
     return "created and removed a probe file"
 
 
 def _free_space(fs, root: str) -> str | tuple[Verdict, str]:
-    if type(fs).__name__ != "LocalFileSystem":
+    if not is_local(fs):
         return Verdict.OK, "free space not measurable over this protocol"
     st = os.statvfs(root)
     free = st.f_bavail * st.f_frsize
