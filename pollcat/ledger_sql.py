@@ -35,12 +35,14 @@ Tables (created when missing; all keyed by facility, so facilities can share one
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
 import os
 import re
 import socket
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -168,6 +170,26 @@ def _engine(url: str) -> Engine:
                              f"({parsed.render_as_string(hide_password=True)})")
 
 
+def _switch_to_wal_once(path: Path) -> None:
+    """Put a fresh SQLite file in WAL mode, one process at a time.
+
+    The switch needs an exclusive lock, and in the rollback-journal mode a new file starts in,
+    a process switching while another creates the tables deadlocks: SQLite then answers
+    "database is locked" at once instead of waiting. WAL is a property of the file, so once it
+    is set every later connection's switch is a no-op; the file lock makes the first one
+    happen alone."""
+    lock = os.open(f"{path}.init-lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        conn = sqlite3.connect(path, timeout=SQLITE_BUSY_SECONDS)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+    finally:
+        os.close(lock)
+
+
 def _sqlite_engine(parsed: sa.URL) -> Engine:
     """WAL, a busy timeout and explicit BEGINs (pysqlite's own transaction handling would begin
     lazily, DEFERRED, and a deferred reader that later writes fails at once under contention)."""
@@ -179,7 +201,8 @@ def _sqlite_engine(parsed: sa.URL) -> Engine:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # holds secrets: never readable
-    except OSError as exc:
+        _switch_to_wal_once(path)
+    except (OSError, sqlite3.Error) as exc:
         raise ConfigurationError(f"cannot use the ledger file {path}: {exc}") from exc
     engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS})
 

@@ -401,3 +401,24 @@ def test_an_unreachable_database_is_a_configuration_error_without_the_password()
     with pytest.raises(ConfigurationError) as err:
         SqlStateStore("postgresql://pollcat:s3cret@127.0.0.1:1/pollcat", "LILS")
     assert "s3cret" not in str(err.value)
+
+
+def _open_at(url: str, start: float) -> None:
+    while time.time() < start:
+        time.sleep(0.0005)
+    SqlStateStore(url, "LILS").close()
+
+
+def test_many_processes_opening_a_fresh_sqlite_ledger_at_once(tmp_path):
+    """A new SQLite file starts in rollback-journal mode; processes switching it to WAL while
+    another creates the tables used to deadlock, and SQLite answered "database is locked" at
+    once (seen in CI). Several fresh files, eight processes each, all must open it."""
+    for n in range(4):
+        url = sqlite_url(tmp_path / f"fresh-{n}" / "ledger.db")
+        start = time.time() + 1.5
+        procs = [SPAWN.Process(target=_open_at, args=(url, start)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0] * 8, n
