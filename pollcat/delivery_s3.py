@@ -15,7 +15,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,7 +23,7 @@ from pollcat.config import TargetConfig
 from pollcat.errors import ConfigurationError
 from pollcat.facility import FacilityClients
 from pollcat.layout import download_template, map_user, render_path
-from pollcat.manifest import MANIFEST_NAME, Manifest, manifest_files
+from pollcat.manifest import MANIFEST_NAME, Manifest, manifest_files, utc_now
 from pollcat.topcat import Download
 from pollcat.transfer import FileJob, FileResult, run_jobs
 
@@ -102,7 +101,7 @@ def deliver_to_object_store(d: Download, target: TargetConfig, facility: str,
     ok = [r for r in results if isinstance(r, FileResult)]
     manifest = Manifest(facility=facility, download_id=d.id, file_name=d.file_name,
                         user=d.user_name, transport=d.transport,
-                        completed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        completed_at=utc_now(),
                         dir=plan.download_dir,
                         files=manifest_files(plan.jobs, plan.download_dir, ok))
     key = f"{plan.download_dir}/{MANIFEST_NAME}"

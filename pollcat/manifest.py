@@ -130,7 +130,8 @@ def manifest_files(jobs: Sequence[FileJob], base: str,
     return entries
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
+    """The timestamps of manifests and of the ledger's access records (second, Z)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -149,7 +150,7 @@ def write_manifest(target: TargetFS, dir: str, *, facility: str, download_id: in
     """
     manifest = Manifest(facility=facility, download_id=download_id, file_name=file_name,
                         user=user, transport=transport, dir=dir,
-                        completed_at=completed_at or _utc_now(), files=list(files))
+                        completed_at=completed_at or utc_now(), files=list(files))
     body = json.dumps(manifest.to_json(), indent=2, ensure_ascii=False).encode("utf-8")
     final = _join(dir, MANIFEST_NAME)
     staging = _join(dir, STAGING_NAME)

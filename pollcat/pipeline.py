@@ -448,7 +448,7 @@ class Pipeline:
         self.state.update(download_id, verdict=None, reason="", expired_in_topcat=False,
                           prepare_attempts=0, restore_failures=0, mismatch_count=0,
                           mismatch_signature="", last_error="",
-                          first_seen=datetime.now(UTC).isoformat(timespec="seconds"))
+                          first_seen=now_iso())
 
     def expire(self, d: Download, reason: str) -> Outcome:
         reason = redact(reason)

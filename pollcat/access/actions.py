@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pollcat.access.acl import AclKey
 from pollcat.access.fdwalk import ObjectKind
+from pollcat.manifest import utc_now
 
 
 class ActionKind(StrEnum):
@@ -116,8 +116,6 @@ def _unplain(previous: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_plan(download_id: int, actions: list[Action]) -> str:
