@@ -271,10 +271,18 @@ def _batch(cluster: Cluster, n: int, dispatch) -> None:
     t0 = dispatch() or time.monotonic()
     _wait(lambda: _all_complete(cluster, ids), 300, f"batch {n} COMPLETE", cluster)
     took = time.monotonic() - t0
+    # a deliver run sets TopCAT COMPLETE, then reports and only then ends: wait for its state
+    _wait(lambda: _runs_final(cluster, ids), 60, f"batch {n} deliver runs ended", cluster, 0.5)
     mb = BATCH * FILES_PER_DOWNLOAD * FILE_SIZE / 1e6
     MEASURED[f"{n} worker(s)"] = (f"{BATCH} downloads in {took:.1f} s: "
                                   f"{BATCH / took * 60:.1f} downloads/min, {mb / took:.1f} MB/s")
     _check_delivered_once(cluster, ids)
+
+
+def _runs_final(cluster: Cluster, ids: list[int]) -> bool:
+    wanted = {f"deliver-{BLOCK}-{i}" for i in ids}
+    runs = [r for r in cluster.deliver_runs() if r["name"] in wanted]
+    return {r["name"] for r in runs} == wanted and all(r["state_type"] in FINAL for r in runs)
 
 
 def _check_delivered_once(cluster: Cluster, ids: list[int]) -> None:
