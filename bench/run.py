@@ -33,8 +33,7 @@ def summary(out: dict) -> dict:
             m["ready_downloads"].get("median_extra_s"),
         "1,000 pending downloads, 60 s budget: sweep s": m["pending_downloads"]["sweep_s"],
         "prepared-zip / direct": out["zip"]["ratio"],
-        "history: narrowed sweep with / without": out["history"]["ratio_narrowed"],
-        "history: today's sweep with / without": out["history"]["ratio_today"],
+        "history: sweep with / without": out["history"]["ratio"],
         "peak RSS delivering 4 GiB, MB": out["rss_4GiB"]["pollcat_peak_rss_MB"],
     }
 
@@ -45,7 +44,7 @@ def main(scale: float = 1.0) -> None:
     out["throughput_1GiB"] = throughput.main(int((1 << 30) * scale))
     out["many"] = many.main(scale)
     out["zip"] = zipsrc.main(max(8, int(64 * scale)))
-    out["history"] = history.main(int(100_000 * scale), int(10_000 * scale))
+    out["history"] = history.main(int(100_000 * scale))
     out["rss_4GiB"] = rss.main(int((4 << 30) * scale))
     out["sim_scale"] = sim_scale.main()
     out["summary"] = summary(out)

@@ -21,6 +21,8 @@ The claim on the target (`pollcat.claim`) stays as the second, independent guard
 Tables (created when missing; all keyed by facility, so facilities can share one database):
 
 - `pollcat_facility` – the facility's `first_run` (older COMPLETE downloads are not ours);
+- `pollcat_scan_bound` – per discovery query, the download id below which nothing is left to
+  find (single-level discovery asks TopCAT for newer COMPLETE downloads only);
 - `pollcat_ledger` – one row per download: the `LedgerRecord` as one JSON document (`record`),
   so a new ledger field needs no schema change, plus `verdict` and `updated` copied out of it
   for operators' queries (`SELECT ... WHERE verdict IS NULL`);
@@ -104,6 +106,12 @@ markers = sa.Table(
     sa.Column("facility", sa.String(64), primary_key=True),
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("done_at", sa.String(40), nullable=False),
+)
+scan_bounds = sa.Table(
+    "pollcat_scan_bound", metadata,
+    sa.Column("facility", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("after_id", sa.BigInteger, nullable=False),
 )
 _SCHEMA_LOCK_KEY = 0x706F6C6C636174  # PostgreSQL advisory lock taken while creating tables
 
@@ -367,6 +375,24 @@ class SqlStateStore:
         for download_id, raw in rows:
             if raw:
                 yield self._record(download_id, raw)
+
+    # ------------------------------------------------------------ discovery bounds
+    def scan_bound(self, name: str) -> int | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(scan_bounds.c.after_id).where(
+                scan_bounds.c.facility == self.facility,
+                scan_bounds.c.name == name[:200])).scalar()
+
+    def raise_scan_bound(self, name: str, after_id: int) -> None:
+        """Up only, in one statement: concurrent sweeps on several hosts keep the highest."""
+        key = {"facility": self.facility, "name": name[:200]}
+        stmt = self._insert(scan_bounds).values(**key, after_id=int(after_id))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[scan_bounds.c.facility, scan_bounds.c.name],
+            set_={"after_id": int(after_id)},
+            where=scan_bounds.c.after_id < int(after_id))
+        with self._write() as conn:
+            conn.execute(stmt)
 
     # ------------------------------------------------------------ the preparedId pollcat made
     def own_prepared_id(self, download_id: int) -> str | None:

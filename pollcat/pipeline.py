@@ -73,6 +73,10 @@ TARGET_RECONNECTS = 2
 #: make the restart cheap.
 SESSION_RESTARTS = 1
 
+#: How far TopCAT's commits may lag behind its id sequence, in minutes: a download created more
+#: recently than this may still have a smaller id appear after it (see `discover`).
+COMMIT_SKEW_MINUTES = 5
+
 
 @dataclass
 class Prepared:
@@ -155,11 +159,37 @@ class Pipeline:
                                          page_size=self.cfg.page_size):
                 found[d.id] = d
             if self.cfg.deliver_completed:
-                for d in self.topcat.pending(transport, DownloadStatus.COMPLETE,
-                                             page_size=self.cfg.page_size):
-                    if self._undelivered_single_level(d):
-                        found[d.id] = d
+                for d in self._completed_since_bound(transport):
+                    found[d.id] = d
         return [found[i] for i in sorted(found)]
+
+    def _completed_since_bound(self, transport: str) -> list[Download]:
+        """Undelivered single-level COMPLETE downloads, asking TopCAT only for ids above a bound
+        kept in the ledger: without it every sweep pages through the facility's whole history.
+
+        The bound moves up over COMPLETE downloads whose fate is settled for good (two-level,
+        older than pollcat, or delivered or expired by pollcat) and stops at the first one that
+        still needs work. It also stops at downloads created in the last few minutes: TopCAT's
+        ids come from a sequence, and a transaction that took id N can commit after the one that
+        took N+1, so a fresh id says nothing yet about the ids below it. An admin's resume puts a
+        download back to RESTORING, which is asked for without a bound."""
+        name = f"complete:{transport}"
+        bound = self.state.scan_bound(name)
+        rows = self.topcat.pending(transport, DownloadStatus.COMPLETE,
+                                   page_size=self.cfg.page_size, after_id=bound)
+        recent = datetime.now(UTC) - timedelta(minutes=COMMIT_SKEW_MINUTES)
+        found, advancing, new_bound = [], True, bound
+        for d in rows:  # id order
+            if self._undelivered_single_level(d):
+                found.append(d)
+                advancing = False
+            elif advancing and d.created_at is not None and d.created_at < recent:
+                new_bound = d.id
+            else:
+                advancing = False
+        if new_bound is not None and new_bound != bound:
+            self.state.raise_scan_bound(name, new_bound)
+        return found
 
     def _undelivered_single_level(self, d: Download) -> bool:
         if d.is_two_level:
@@ -167,7 +197,7 @@ class Pipeline:
         if self.state.get(d.id).verdict in (Verdict.COMPLETED, Verdict.EXPIRED):
             return False
         created = d.created_at or datetime.now(UTC)
-        return created >= self.state.first_run - timedelta(minutes=5)
+        return created >= self.state.first_run - timedelta(minutes=COMMIT_SKEW_MINUTES)
 
     # ================================================================ check
     def check(self, d: Download, prepared: Prepared | None = None) -> Prepared | Outcome:

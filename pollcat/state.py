@@ -85,6 +85,11 @@ class LedgerRecord:
         return out
 
 
+def _bound_file(name: str) -> str:
+    """A file name for a bound's name (transport names are the facility's free text)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
 class StateStore:
     def __init__(self, state_dir: str | Path, facility: str):
         if not _FACILITY.match(facility):
@@ -148,6 +153,28 @@ class StateStore:
         for path in sorted(self.ledger_dir.glob("*.json")):
             with contextlib.suppress(ValueError, TypeError, OSError):
                 yield LedgerRecord.from_json(json.loads(path.read_text()))
+
+    # ------------------------------------------------------------ discovery bounds
+    def scan_bound(self, name: str) -> int | None:
+        """The highest download id below which discovery query `name` has nothing left to find
+        (None: scan from the start). See `Pipeline.discover`."""
+        try:
+            return int((self.root / "scan-bounds" / _bound_file(name)).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def raise_scan_bound(self, name: str, after_id: int) -> None:
+        """Move the bound up (never down). A bound is valid for ever once computed (what lies
+        below it is settled for good), so concurrent writers may land in any order."""
+        current = self.scan_bound(name)
+        if current is not None and current >= after_id:
+            return
+        folder = self.root / "scan-bounds"
+        folder.mkdir(exist_ok=True)
+        path = folder / _bound_file(name)
+        tmp = folder / f"{path.name}.{os.getpid()}.tmp"
+        tmp.write_text(str(int(after_id)))
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------ the preparedId pollcat made
     def own_prepared_id(self, download_id: int) -> str | None:

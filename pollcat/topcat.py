@@ -217,17 +217,25 @@ class TopcatAdmin:
         return resp.json() is True
 
     def query(self, where: str, *, page_size: int = 100) -> Iterator[Download]:
-        """All downloads matching `where` (a queryOffset condition), fetched page by page."""
-        offset = 0
+        """All downloads matching `where` (a queryOffset condition), fetched page by page.
+
+        Pages continue after the last id seen (`download.id > N ... limit 0, n`), not at an
+        offset: a download that leaves the result while pollcat pages (another worker set it
+        COMPLETE) would shift every offset after it and hide a download from this sweep, and
+        TopCAT's database answers an id bound from its primary key where an offset costs a
+        walk through every row before it."""
+        last = 0
         while True:
-            q = f"where {where} order by download.id asc limit {offset}, {page_size}"
+            q = (f"where ({where}) and download.id > {last} "
+                 f"order by download.id asc limit 0, {page_size}")
             rows = json_body(SERVICE, self._admin("GET", "downloads", lambda sid, q=q: {
                 "facilityName": self.facility, "sessionId": sid, "queryOffset": q}), list)
             for row in rows:
-                yield _download(row)
+                d = _download(row)
+                last = max(last, d.id)
+                yield d
             if len(rows) < page_size:
                 return
-            offset += page_size
 
     def pending(self, transport: str, status: str = "RESTORING", *,
                 page_size: int = 100, after_id: int | None = None) -> list[Download]:

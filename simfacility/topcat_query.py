@@ -26,7 +26,7 @@ Choices for what the reference leaves open (inferred):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,10 +77,21 @@ class Query:
     order: list[tuple[str, bool]] = field(default_factory=list)
     offset: int | None = None
     count: int | None = None
+    #: what the whole condition implies, for the table to narrow its rows before evaluating it
+    #: as a database would use an index: a lower bound on `download.id` (`... and download.id
+    #: > N`) and attributes equal to a literal (`... and download.status = ...RESTORING`)
+    id_floor: int | None = None
+    equal: dict[str, Any] = field(default_factory=dict)
 
-    def apply(self, rows: list[Any], getter: Callable[[Any, str], Any]) -> list[Any]:
-        """Filter, order and window `rows`; `getter(row, attr)` reads an attribute."""
-        out = rows
+    def apply(self, rows: Iterable[Any], getter: Callable[[Any, str], Any]) -> list[Any]:
+        """Filter, order and window `rows`; `getter(row, attr)` reads an attribute.
+
+        `rows` come in id order: a window over that order (no ORDER BY, or by id ascending)
+        stops at its last row, as a database walking its primary key does."""
+        if (self.count is not None and self.offset is not None and self.predicate is not None
+                and self.order in ([], [("id", False)])):
+            return self._window_in_id_order(rows, getter)
+        out = list(rows)
         if self.predicate is not None:
             pred = self.predicate
             out = [r for r in out if pred(lambda a, r=r: getter(r, a)) is True]
@@ -89,6 +100,17 @@ class Query:
         if self.offset is not None and self.count is not None:
             out = out[self.offset : self.offset + self.count]
         return out
+
+
+    def _window_in_id_order(self, rows: Iterable[Any], getter: Callable[[Any, str], Any]
+                            ) -> list[Any]:
+        pred, wanted, out = self.predicate, (self.offset or 0) + (self.count or 0), []
+        for r in rows:
+            if len(out) >= wanted:
+                break
+            if pred(lambda a, r=r: getter(r, a)) is True:
+                out.append(r)
+        return out[self.offset:]
 
 
 def _sort_key(value: Any) -> tuple:
@@ -148,6 +170,8 @@ class _Parser:
         self.tokens = tokens
         self.i = 0
         self.text = text
+        # ("id>", N) and ("=", attribute, value) of the top-level conjunction
+        self.implied: list[tuple[Any, ...]] = []
 
     # -- token helpers --
     def peek(self, ahead: int = 0) -> tuple[str, str]:
@@ -182,6 +206,8 @@ class _Parser:
         if self.peek()[0] == "eof" or self.keyword("order"):
             self.fail("a condition is required after WHERE")
         query = Query(predicate=self.disjunction())
+        query.id_floor = max((c[1] for c in self.implied if c[0] == "id>"), default=None)
+        query.equal = {c[1]: c[2] for c in self.implied if c[0] == "="}
         if self.keyword("order"):
             self.i += 1
             self.expect_keyword("by")
@@ -206,10 +232,13 @@ class _Parser:
             self.i += 1
 
     def disjunction(self) -> Pred:
+        implied = len(self.implied)
         parts = [self.conjunction()]
         while self.keyword("or"):
             self.i += 1
             parts.append(self.conjunction())
+        if len(parts) > 1:
+            del self.implied[implied:]  # one side of an OR implies nothing about the whole
         return parts[0] if len(parts) == 1 else _or(parts)
 
     def conjunction(self) -> Pred:
@@ -222,7 +251,9 @@ class _Parser:
     def negation(self) -> Pred:
         if self.keyword("not"):
             self.i += 1
+            implied = len(self.implied)
             inner = self.negation()
+            del self.implied[implied:]
             return lambda get: None if (v := inner(get)) is None else not v
         if self.peek()[1] == "(":
             self.i += 1
@@ -232,6 +263,7 @@ class _Parser:
         return self.comparison()
 
     def comparison(self) -> Pred:
+        left_token = self.peek()
         left = self.operand()
         negate = False
         if self.keyword("is"):
@@ -256,8 +288,24 @@ class _Parser:
         if kind != "op":
             self.i -= 1
             self.fail("expected a comparison operator")
+        right_token = self.peek()
         right = self.operand()
-        return _compare(left, op, right)
+        pred = _compare(left, op, right)
+        self.note_implied(left_token, op, right_token, right)
+        return pred
+
+    def note_implied(self, left: tuple[str, str], op: str, right: tuple[str, str],
+                     operand: Operand) -> None:
+        """Remember `download.id > N` and `download.x = literal` for `Query.id_floor/equal`."""
+        if left[0] != "ident" or "." not in left[1] or left[1].lower() in ("true", "false"):
+            return
+        attr = left[1].partition(".")[2]
+        if op in (">", ">=") and attr == "id" and right[0] == "num":
+            self.implied.append(("id>", int(right[1]) - (op == ">=")))
+        elif op == "=" and (right[0] in ("str", "num") or right[1].lower() in ("true", "false")
+                            or right[1].startswith(ENUM_PREFIX)):
+            value = operand[1](lambda _a: None)
+            self.implied.append(("=", attr, value.name if isinstance(value, Enum) else value))
 
     def like(self, left: Operand) -> Pred:
         if left[0] not in ("str", "enum"):

@@ -39,10 +39,13 @@ Choices for points the reference marks (inferred) or leaves open:
 
 from __future__ import annotations
 
+import bisect
 import logging
+import operator
 import re
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,6 +87,17 @@ def yasson_time(dt: datetime | None) -> str | None:
 
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+#: A download's JPQL/JSON attribute names and the fields holding them (`Download._fields`).
+FIELD_ATTRIBUTES = {
+    "id": "id", "facilityName": "facility_name", "userName": "user_name",
+    "fullName": "full_name", "transport": "transport", "fileName": "file_name",
+    "preparedId": "prepared_id", "sessionId": "session_id", "email": "email",
+    "isEmailSent": "is_email_sent", "status": "status", "size": "size",
+    "isTwoLevel": "is_two_level", "createdAt": "created_at", "isDeleted": "is_deleted",
+    "deletedAt": "deleted_at", "completedAt": "completed_at",
+}
 
 
 @dataclass
@@ -131,18 +145,10 @@ class Download:
         """An attribute by its JPQL/JSON name, for queryOffset evaluation."""
         if name == "status":
             return Enum(self.status)
-        return self._fields()[name]
+        return getattr(self, FIELD_ATTRIBUTES[name])
 
     def _fields(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "facilityName": self.facility_name, "userName": self.user_name,
-            "fullName": self.full_name, "transport": self.transport, "fileName": self.file_name,
-            "preparedId": self.prepared_id, "sessionId": self.session_id, "email": self.email,
-            "isEmailSent": self.is_email_sent, "status": self.status, "size": self.size,
-            "isTwoLevel": self.is_two_level, "createdAt": self.created_at,
-            "isDeleted": self.is_deleted, "deletedAt": self.deleted_at,
-            "completedAt": self.completed_at,
-        }
+        return {name: getattr(self, field) for name, field in FIELD_ATTRIBUTES.items()}
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -298,10 +304,24 @@ class TopcatState:
 
     def query(self, query: Query, user_name: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            rows = [d for d in self.downloads.values()
-                    if user_name is None or d.user_name == user_name]
+            rows: Iterable[Download] = self._from_id(query.id_floor)
+            equal = dict(query.equal)
+            if user_name is not None:
+                equal["userName"] = user_name
+            if equal:  # one pass at about a database's scan speed, stopped early by a window
+                fields = operator.attrgetter(*(FIELD_ATTRIBUTES[k] for k in equal))
+                want = tuple(equal.values()) if len(equal) > 1 else next(iter(equal.values()))
+                rows = (d for d in rows if fields(d) == want)
             rows = query.apply(rows, lambda d, a: d.attr(a))
             return [d.to_json() for d in rows]
+
+    def _from_id(self, floor: int | None) -> list[Download]:
+        """Downloads with an id above `floor`, found as TopCAT's database finds them: through
+        the primary key's order (the table only ever grows at the top), not by a scan."""
+        rows = list(self.downloads.values())
+        if floor is None:
+            return rows
+        return rows[bisect.bisect_right(rows, floor, key=lambda d: d.id):]
 
     def set_status(self, download_id: int, value: str | None, session_id: str | None = None,
                    custom_value: str | None = None, admin: bool = False) -> None:

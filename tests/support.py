@@ -42,16 +42,24 @@ def pipeline_for(sim, tmp_path: Path, *, transports=("globus",), state_dir: Path
     """A pipeline against `sim`; each transport's target is `<base>/<transport>`, where the base
     is `file://<tmp_path>/target` unless `target_url` (e.g. an `sftp://` URL) is given.
     `target_kw` go to every TargetConfig (`storage_options`, `source`, ...)."""
+    return Pipeline(pipeline_config(tmp_path, sim.url, transports=transports,
+                                    state_dir=state_dir, facility_kw=facility_kw,
+                                    target_url=target_url, **target_kw))
+
+
+def pipeline_config(tmp_path: Path, url: str = "http://127.0.0.1:9", *, transports=("globus",),
+                    state_dir: Path | None = None, facility_kw: dict | None = None,
+                    target_url: str | None = None, **target_kw: Any) -> PipelineConfig:
+    """The configuration `pipeline_for` uses, with every service at `url`."""
     base = target_url.rstrip("/") if target_url else f"file://{tmp_path / 'target'}"
-    fac = FacilityConfig(**{"facility_name": "LILS", "icat_url": sim.url, "ids_url": sim.url,
-                            "topcat_url": sim.url, "username": "pollcat",
+    fac = FacilityConfig(**{"facility_name": "LILS", "icat_url": url, "ids_url": url,
+                            "topcat_url": url, "username": "pollcat",
                             "password": "pollpass", "timeout_seconds": 10,
                             **(facility_kw or {})})
     routes = {t: TargetConfig(url=f"{base}/{t}", **target_kw)
               for t in transports}
-    cfg = PipelineConfig(facility=fac, routes=routes, state_dir=state_dir or tmp_path / "state",
-                         poll_budget_seconds=5.0, max_prepare_attempts=3)
-    return Pipeline(cfg)
+    return PipelineConfig(facility=fac, routes=routes, state_dir=state_dir or tmp_path / "state",
+                          poll_budget_seconds=5.0, max_prepare_attempts=3)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:

@@ -168,6 +168,21 @@ def test_facilities_do_not_see_each_other(open_store):
         assert a and b
 
 
+@contract
+def test_scan_bounds_only_move_up_and_are_kept_per_name_and_facility(open_store):
+    store = open_store()
+    assert store.scan_bound("complete:globus") is None
+    store.raise_scan_bound("complete:globus", 40)
+    store.raise_scan_bound("complete:globus", 12)  # a slower sweep's older bound: ignored
+    store.raise_scan_bound("complete:scarf / ü", 7)
+    again = open_store()  # another process, or the next sweep
+    assert again.scan_bound("complete:globus") == 40
+    assert again.scan_bound("complete:scarf / ü") == 7
+    again.raise_scan_bound("complete:globus", 10**12)
+    assert store.scan_bound("complete:globus") == 10**12
+    assert open_store("OTHER").scan_bound("complete:globus") is None
+
+
 # ------------------------------------------------------------------------------------- SQL only
 @sql_only
 def test_a_value_may_be_a_function_of_the_current_record(db_url):

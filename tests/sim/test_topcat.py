@@ -307,6 +307,50 @@ def test_query_offset_limit_order_enums_and_deleted(make_sim):
         assert resp.status_code == 500 and resp.json()["code"] == "InternalException", bad
 
 
+@pytest.mark.parametrize("fragment, floor", [
+    ("download.status = x.RESTORING and download.id > 2", 2),
+    ("download.id >= 3 and (download.isDeleted = false and download.id > 4)", 4),
+    ("download.id > 2 or download.transport = 'https'", None),
+    ("not (download.id > 2)", None),
+    ("download.id > 2 and (download.id > 5 or download.transport = 'https')", 2),
+    ("download.id < 2", None),
+])
+def test_query_offset_id_floor_is_implied_by_the_whole_condition(fragment, floor):
+    """The simulator answers `download.id > N` from its id order (TopCAT's database from its
+    primary key) only where the whole condition implies it."""
+    from simfacility.topcat_query import ENUM_PREFIX, parse_query_offset
+
+    query = parse_query_offset(fragment.replace("x.", ENUM_PREFIX))
+    assert query.id_floor == floor
+
+
+@pytest.mark.parametrize("fragment, equal", [
+    ("download.status = x.RESTORING and download.isDeleted = false and 1 = 1",
+     {"status": "RESTORING", "isDeleted": False}),
+    ("(download.transport = 'globus' and download.id = 4)", {"transport": "globus", "id": 4}),
+    ("download.transport = 'globus' or download.id = 4", {}),
+    ("not download.transport = 'globus'", {}),
+    ("download.transport = download.fileName and download.status <> x.EXPIRED", {}),
+])
+def test_query_offset_equalities_implied_by_the_whole_condition(fragment, equal):
+    from simfacility.topcat_query import ENUM_PREFIX, parse_query_offset
+
+    assert parse_query_offset(fragment.replace("x.", ENUM_PREFIX)).equal == equal
+
+
+def test_query_offset_above_an_id_answers_as_a_scan_does(make_sim):
+    downloads = [{**ALICE_INV, "transport": t} for t in ("globus", "https", "globus", "globus")]
+    sim = make_sim(sim_scenario(downloads=downloads))
+    admin = login(sim, "pollcat", "pollpass")
+    for cond, ids in [("download.id > 1", [2, 3, 4]), ("download.id >= 3", [3, 4]),
+                      ("download.id > 1 and download.transport = 'globus' "
+                       "order by download.id desc limit 0, 1", [4]),
+                      ("download.id > 4", []),
+                      ("download.id > 3 or download.id = 1", [1, 4]),
+                      ("download.id > 1 and download.status = " + ENUM + "EXPIRED", [])]:
+        assert [d["id"] for d in admin_downloads(sim, admin, cond)] == ids, cond
+
+
 # ---------------------------------------------------------------------------- user API
 
 
