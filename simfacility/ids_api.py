@@ -648,17 +648,30 @@ async def prefetch(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     read-ahead the socket idles during every 1 MiB read (and every deflate of a zip piece).
     If the client goes away, the iterator is closed once its in-flight read has finished (a
     generator cannot be closed while another thread runs it), which releases its locks/files.
+    The lock orders the two: the cancelled await returns at once while its thread still runs
+    the generator, so waiting for the awaited task would close it mid-`next`.
     """
-    pending = asyncio.ensure_future(run_in_threadpool(next, chunks, _END))
+    running = threading.Lock()
+
+    def step() -> Any:
+        with running:
+            return next(chunks, _END)
+
+    def close() -> None:
+        with running:
+            chunks.close()
+
+    pending = asyncio.ensure_future(run_in_threadpool(step))
     try:
         while True:
             chunk = await pending
             if chunk is _END:
                 return
-            pending = asyncio.ensure_future(run_in_threadpool(next, chunks, _END))
+            pending = asyncio.ensure_future(run_in_threadpool(step))
             yield chunk
     finally:
-        pending.add_done_callback(lambda _f: chunks.close())
+        pending.cancel()
+        threading.Thread(target=close, name="prefetch-close", daemon=True).start()
 
 
 # -- ASGI plumbing -----------------------------------------------------------------------------
