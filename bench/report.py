@@ -22,11 +22,14 @@ ANALYSIS = """
   fdatasync, pollcat is at the disk's rate; single rounds vary by ±30 %.
 - **Many files in one download.** The bytes are not the cost: pollcat spends about 2 ms of
   Python per file on one core (the GIL), where curl spends microseconds in 8 processes: the
-  getData request through python-icat and urllib3 (about a third), the no-follow target walks
-  (now one `lstat` per path component on kept directory descriptors instead of open/close, and
-  the file's directories made once per download), and the claim check before each placement
-  (it re-reads the claim file: 10–20 % of the CPU). Per-file fsyncs are gone (one concurrent
-  batch of fsyncs before the manifest) and getData connections are kept alive.
+  getData request through python-icat and urllib3 (about a third), the no-follow target
+  layer, and the claim check before each placement (it re-reads the claim file: 10–20 % of
+  the CPU). Every system call hands the GIL to another of the transfer threads (a futex wake
+  and wait each): an `lstat` per path component made 65 `stat` calls per file, so local
+  targets now resolve each directory in one `openat2` (27 per file left, mostly `fstat` of
+  opened files). In the kernel, a fifth of pollcat's CPU is copying the bytes into the page
+  cache (`copy_folio_from_iter_atomic`, `perf`), as for curl. Per-file fsyncs are gone (one
+  concurrent batch of fsyncs before the manifest) and getData connections are kept alive.
 - **Ready downloads.** Latency-bound: each download makes about eight calls to the simulator
   (isPrepared, TopCAT get, getDatafileIds, an ICAT search, getData, TopCAT status, ...), and
   pollcat delivers `max_parallel_downloads` (default 4) at once; with 16, 200 ready downloads

@@ -60,3 +60,15 @@ def make_sim(tmp_path) -> Iterator[Callable[..., RunningFacility]]:
     yield _make
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def path_resolution(request, monkeypatch) -> str:
+    """Local targets resolve a path in one `openat2` where the kernel has it, else by a walk of
+    `O_NOFOLLOW` descriptors: modules that plant hostile things run against both."""
+    from pollcat.targetfs import beneath
+
+    if request.param == "openat2" and not beneath.available():
+        pytest.skip("this kernel has no openat2")
+    monkeypatch.setattr(beneath, "_AVAILABLE", request.param == "openat2")
+    return request.param

@@ -44,6 +44,12 @@ class DirCache:
             self._retired.append(fd)
             return None
 
+    def get(self, key: tuple[str, ...]) -> int | None:
+        """The kept descriptor of `key`, unchecked (for the root, which users cannot move)."""
+        with self._lock:
+            entry = self._fds.get(key)
+        return None if entry is None else entry[0]
+
     def keep(self, key: tuple[str, ...], fd: int) -> bool:
         """Keep `fd` for `key`; False (the caller closes it) when full or already kept."""
         st = os.fstat(fd)

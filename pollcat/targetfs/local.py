@@ -7,6 +7,7 @@ import os
 import posixpath
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from typing import IO
 
 from pollcat.errors import UnsafeTargetPath
+from pollcat.targetfs import beneath
 from pollcat.targetfs.base import (
     STAGING_NAME,
     Entry,
@@ -32,11 +34,18 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_EUID = os.geteuid()
+#: an explicit buffer size: with the default, `open` asks the descriptor whether it is a
+#: terminal (an ioctl) on every file
+_BUFFER = 64 * 1024
+#: how long the root's descriptor is used before the root path is looked up again (an operator
+#: may remount the target; users cannot write the root's parent, unlike what lies below it)
+ROOT_RECHECK_S = 1.0
 
 
 def _check_private(st: os.stat_result, path: str) -> None:
     """A staging directory pollcat made: owned by this process's user, writable by no one else."""
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    if st.st_uid != _EUID or st.st_mode & 0o022:
         raise UnsafeTargetPath(
             f"refusing {path!r}: pollcat's staging directory is owned by uid {st.st_uid} with "
             f"mode {stat.filemode(st.st_mode)}, so pollcat did not make it; it is left alone")
@@ -50,6 +59,7 @@ class LocalTarget(TargetFS):
     def __init__(self, root: str):
         self.root = root
         self._dirs = DirCache()
+        self._root_checked = float("-inf")  # when the root path last named the kept root fd
         self._placed: list[str] = []  # placed without fsync, for `sync`
         self._placed_lock = threading.Lock()
         weakref.finalize(self, self._dirs.close)
@@ -62,10 +72,14 @@ class LocalTarget(TargetFS):
 
     def _root(self, create: bool, opened: list[int]) -> int:
         """The root's descriptor: the cached one while the root path still names it."""
+        now = time.monotonic()
+        if now - self._root_checked < ROOT_RECHECK_S and (fd := self._dirs.get(())) is not None:
+            return fd
         try:
             st = os.stat(self.root)
             fd = self._dirs.valid((), st)
             if fd is not None:
+                self._root_checked = now
                 return fd
         except OSError:
             pass
@@ -94,6 +108,12 @@ class LocalTarget(TargetFS):
                 raise
             except OSError as exc:
                 raise target_error(exc, self.root) from exc
+            if names and beneath.available() and STAGING_NAME not in names[:-1]:
+                below = self._beneath(fd, names, create)
+                if below is not None:
+                    opened.append(below)
+                    yield below
+                    return
             for i, name in enumerate(names):
                 here = self.path("/".join(names[:i + 1]))
                 key = tuple(names[:i + 1])
@@ -121,6 +141,29 @@ class LocalTarget(TargetFS):
         finally:
             for each in opened:
                 os.close(each)
+
+    def _beneath(self, root_fd: int, names: list[str], create: bool) -> int | None:
+        """The directory in one `openat2` that refuses links and escapes (see `beneath`); None
+        when it is missing but may be made (`create`), or when something other than a plain
+        directory chain is in the way: the walk then makes it or names exactly what is there."""
+        rel = "/".join(names)
+        try:
+            fd = beneath.openat2(root_fd, rel, _DIR_FLAGS)
+        except FileNotFoundError:
+            if create:
+                return None
+            raise
+        except OSError as exc:
+            if exc.errno in beneath.WALK_INSTEAD:
+                return None
+            raise target_error(exc, self.path(rel)) from exc
+        if names[-1] == STAGING_NAME:
+            try:
+                _check_private(os.fstat(fd), self.path(rel))
+            except UnsafeTargetPath:
+                os.close(fd)
+                raise
+        return fd
 
     def _step(self, parent: int, name: str, here: str, create: bool) -> int:
         """Open `name` under `parent` as a directory (made if missing and `create`).
@@ -213,7 +256,7 @@ class LocalTarget(TargetFS):
 
     def open_read(self, rel: str) -> IO[bytes] | None:
         fd = self._open_file(rel, _READ_FLAGS, 0, "a file")
-        return None if fd is None else os.fdopen(fd, "rb")
+        return None if fd is None else os.fdopen(fd, "rb", buffering=_BUFFER)
 
     def create(self, rel: str) -> IO[bytes]:
         parent, name = posixpath.split(rel)
@@ -222,11 +265,12 @@ class LocalTarget(TargetFS):
                 fd = os.open(name, _CREATE_FLAGS, 0o644, dir_fd=dir_fd)
             except FileExistsError:
                 raise NameTaken(self.path(rel)) from None
-        return os.fdopen(fd, "wb")  # O_RDWR underneath: the part writer reads slices back
+        # O_RDWR underneath: the part writer reads slices back
+        return os.fdopen(fd, "wb", buffering=_BUFFER)
 
     def open_append(self, rel: str) -> IO[bytes] | None:
         fd = self._open_file(rel, _APPEND_FLAGS, 0, "a part file")
-        return None if fd is None else os.fdopen(fd, "ab")
+        return None if fd is None else os.fdopen(fd, "ab", buffering=_BUFFER)
 
     def replace(self, src: str, dst: str) -> None:
         src_dir, src_name = posixpath.split(src)

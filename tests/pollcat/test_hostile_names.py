@@ -40,6 +40,9 @@ from tests.support import (
     wait_for,
 )
 
+# every case against both ways of resolving a path below the root (openat2, the walk)
+pytestmark = pytest.mark.usefixtures("path_resolution")
+
 MARKER = "POLLCAT-MARKER"
 LONG = "x" * 300
 PATH_4K = "/".join(["d" * 250] * 16) + "/deep.dat"  # 4 KB path, every component legal

@@ -24,6 +24,9 @@ from pollcat.manifest import read_manifest, write_manifest
 from pollcat.targetfs import TargetFS, open_target
 from pollcat.transfer import FileJob, write_file
 
+# every case against both ways of resolving a path below the root (openat2, the walk)
+pytestmark = pytest.mark.usefixtures("path_resolution")
+
 DATA = b"POLLCAT-PAYLOAD " * 4096
 DL = "alice/dl"
 REL = f"{DL}/INV/1/ds/f.dat"

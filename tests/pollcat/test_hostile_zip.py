@@ -17,6 +17,9 @@ from pollcat.sources import PreparedZipSource, TransferContext
 from pollcat.targetfs import open_target
 from pollcat.transfer import FileJob, FileResult
 
+# every case against both ways of resolving a path below the root (openat2, the walk)
+pytestmark = pytest.mark.usefixtures("path_resolution")
+
 GOOD = os.urandom(50_000)
 EVIL = b"ZIP-SLIP-MARKER " * 100
 SLIP_NAMES = [

@@ -15,6 +15,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 from pollcat.errors import UnsafeTargetPath
 from pollcat.targetfs import FsspecTarget, Kind, LocalTarget, NameTaken, open_target
 
+# every case against both ways of resolving a path below the root (openat2, the walk)
+pytestmark = pytest.mark.usefixtures("path_resolution")
+
 
 @pytest.fixture(params=["local", "memory"])
 def tfs(request, tmp_path):
@@ -98,3 +101,31 @@ def test_local_paths_longer_than_path_max_work(tmp_path):
         f.write(b"deep")
     with tfs.open_read(f"{deep}/f") as f:
         assert f.read() == b"deep"
+
+
+def test_openat2_resolves_a_deep_path_in_one_call_and_refuses_a_planted_link(
+        tmp_path, monkeypatch, path_resolution):
+    """Where the kernel has openat2, one call per operation replaces the lstat of every
+    component; a link planted anywhere on the way still ends in the walk's precise refusal."""
+    from pollcat.errors import UnsafeTargetPath
+    from pollcat.targetfs import beneath
+
+    calls: list[str] = []
+    real = beneath.openat2
+    monkeypatch.setattr(beneath, "openat2", lambda fd, p, *a: calls.append(p) or real(fd, p, *a))
+    tfs = LocalTarget(str(tmp_path / "root"))
+    tfs.make_dirs("alice/run/INV-1/1/ds")
+    with tfs.create("alice/run/INV-1/1/ds/f") as f:
+        f.write(b"x")
+    calls.clear()
+    with tfs.open_read("alice/run/INV-1/1/ds/f") as f:
+        assert f.read() == b"x"
+    assert calls == (["alice/run/INV-1/1/ds"] if path_resolution == "openat2" else [])
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.rename(tmp_path / "root/alice/run/INV-1", tmp_path / "moved")
+    os.symlink(outside, tmp_path / "root/alice/run/INV-1")
+    with pytest.raises(UnsafeTargetPath, match="INV-1"):
+        tfs.create("alice/run/INV-1/1/ds/g")
+    assert list(outside.iterdir()) == []
