@@ -17,9 +17,14 @@ ANALYSIS = """
   for the window before (`sync_file_range`), so the final fsync takes milliseconds; the CRC32
   that decides placement is still re-read from the part file just before the rename, with
   ISA-L's CRC32 (`isal`), which takes about 0.1 s for 1 GiB instead of 0.4 s. What is left is
-  the disk: pollcat's delivery is durable, `curl -o` is not (it ends when the bytes are in the
-  page cache). Against `curl -o` followed by an fsync of the file, and next to `dd` with
-  fdatasync, pollcat is at the disk's rate; single rounds vary by ±30 %.
+  the kernel copying the bytes into the page cache: `perf` puts 74 % of pollcat's CPU in
+  `copy_folio_from_iter_atomic`. On this virtual machine that copy runs at 0.4–0.8 GB/s into
+  memory the guest has not touched yet and at 1.5–5 GB/s into pages just freed (a plain
+  `os.write` loop of 1 GiB, measured both ways), so a round's rate depends on the memory state
+  it starts in: the same transfer code measured 0.56 × `curl -o` in a busy run earlier the
+  same day and 1.01 in this one. pollcat's delivery is durable and `curl -o`'s is not; the
+  early writeback keeps the fsync short, which is why pollcat can match a `curl -o` that
+  skips it.
 - **Many files in one download.** The bytes are not the cost: pollcat spends about 2 ms of
   Python per file on one core (the GIL), where curl spends microseconds in 8 processes: the
   getData request through python-icat and urllib3 (about a third), the no-follow target
@@ -40,11 +45,16 @@ ANALYSIS = """
   above, `stream-unzip` computes zlib's CRC32 of every byte (it has no switch), and the
   entries are written one after the other (overlapped within an entry of 8 MiB or more). On a
   local target pollcat no longer computes a second CRC32 in memory: the re-read one decides.
+  The ratio follows the spare CPU: the simulator deflates while pollcat inflates on the same
+  two cores (0.63 in the busy run earlier the same day, when the zip stream alone reached
+  559 MB/s; 0.99 in this one).
 - **History.** The pipeline keeps a bound in the ledger (`Pipeline.discover`): TopCAT is
   asked for COMPLETE downloads above the highest id whose fate is settled, and pages continue
   after the last id seen. What remains is TopCAT finding the RESTORING downloads among its
-  whole table: the simulator scans it at about 0.15 µs a row, a database without an index on
-  the status column scans it too.
+  whole table: the simulator scans it at about 0.2 µs a row, and TopCAT's database scans it
+  too, since its `DOWNLOAD` table has no index but the primary key (`Download.java` declares
+  none). A facility with a long history can add one (`CREATE INDEX download_status ON
+  DOWNLOAD (STATUS)`); pollcat's own share no longer grows with the history.
 """
 
 STATIC = """
