@@ -111,9 +111,15 @@ class Claim:
         return ClaimRecord(self.facility, self.download_id, self.token, socket.gethostname(),
                            os.getpid(), expires_at)
 
-    def check(self) -> None:
-        """DeliveryLocked unless this worker still holds the claim (reads the target)."""
-        if self._lost is None:
+    def check(self, thorough: bool = False) -> None:
+        """DeliveryLocked unless this worker still holds the claim (reads the target).
+
+        Before each placement a few `lstat`s answer it while nothing changed: a successor
+        always creates the next generation, and removes ours before that one goes away in its
+        turn, so "ours present, the next two absent" means nobody took over. Anything else,
+        and every renewal (`thorough`: the one case this misses is a successor whose removal
+        of our file failed), reads the directory and the current record."""
+        if self._lost is None and (thorough or not self._unchallenged()):
             generation, record = _current(self.target, self.dir)
             if generation != self.generation or record is None or record.token != self.token:
                 self._lost = "another worker took over the claim" + (
@@ -122,15 +128,21 @@ class Claim:
             raise DeliveryLocked(f"{self._lost} on {self.target.path(self.dir)!r}",
                                  download_id=self.download_id)
 
+    def _unchallenged(self) -> bool:
+        lstat, name = self.target.lstat, self._name
+        return (lstat(name(self.generation)) is not None
+                and lstat(name(self.generation + 1)) is None
+                and lstat(name(self.generation + 2)) is None)
+
     def renew(self) -> None:
         """Extend the lease (one atomic rename of a fresh record over our claim file)."""
-        self.check()
+        self.check(thorough=True)
         self._write(self.clock() + self.lease_s)
 
     def release(self) -> None:
         """Set the lease to 0, keeping the file (it names the directory's download)."""
         try:
-            self.check()
+            self.check(thorough=True)
             self._write(0.0)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself anyway
             log.warning("download %s: could not release the claim: %s", self.download_id, exc)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import http.client
 import logging
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -210,6 +211,41 @@ def part_path(staging: str, job: FileJob) -> str:
     return posixpath.join(staging, f"{job.datafile_id}{PART_SUFFIX}")
 
 
+class FirstSight:
+    """Which names a directory did not hold when this delivery first listed it.
+
+    A fresh delivery of thousands of files would otherwise try to open every final file and
+    every part file before writing it (to skip a matching one, to resume a partial one): two
+    failed opens per file, each a round trip on SFTP. One listing per directory answers both.
+    Each name is answered "absent" once only, so a later attempt at the same file (a restart
+    within the sweep) opens it as before. A name that appears after the listing is no risk:
+    part files are pollcat's own (private staging, under the claim), and a final name planted
+    meanwhile is still checked by the placement, which refuses anything but a regular file and
+    otherwise replaces it with the verified bytes, as a mismatching file is replaced.
+    """
+
+    def __init__(self, target: TargetFS):
+        self.target = target
+        self._lock = threading.Lock()
+        self._listed: dict[str, set[str]] = {}
+
+    @classmethod
+    def of(cls, target: TargetFS) -> FirstSight:
+        """The one per target object, that is per delivery."""
+        return target.__dict__.setdefault("_first_sight", cls(target))
+
+    def absent(self, rel: str) -> bool:
+        parent, name = posixpath.split(rel)
+        with self._lock:
+            names = self._listed.get(parent)
+            if names is None:
+                names = self._listed[parent] = set(self.target.list_names(parent))
+            if name in names:
+                return False
+            names.add(name)  # answered once: from now on, open it
+            return True
+
+
 def existing_match(target: TargetFS, job: FileJob, chunk: int = DEFAULT_CHUNK) -> int | None:
     """The CRC of an already delivered, matching final file; None if it must be (re)written.
 
@@ -218,6 +254,8 @@ def existing_match(target: TargetFS, job: FileJob, chunk: int = DEFAULT_CHUNK) -
     """
     check_relpath(job.rel_path)
     with target_errors(target.path(job.rel_path), job.name):
+        if FirstSight.of(target).absent(job.rel_path):
+            return None
         f = target.open_read(job.rel_path)
         if f is None:
             return None
@@ -275,7 +313,8 @@ class PartWriter:
     def start(self, chunk: int) -> bool:
         """Open the part file, continuing a crashed run's bytes when possible; True if so."""
         with self._errors():
-            existing = self.target.open_read(self.part)
+            existing = None if FirstSight.of(self.target).absent(self.part) \
+                else self.target.open_read(self.part)
             if existing is not None:
                 with existing:
                     size, crc = crc_of(existing, chunk, limit=self.job.size + 1)

@@ -286,3 +286,28 @@ def test_two_processes_with_different_state_dirs(make_sim, tmp_path):
         assert path.stat().st_size == df.size and int(crc_hex(path), 16) == int(df.checksum, 16)
     assert not list(root.rglob("*.pollcat-part"))
     assert statuses(sim.url) == {1: "COMPLETE"}
+
+
+def test_a_successor_is_seen_before_the_next_placement_from_a_few_lstats(tmp_path):
+    """The check before each placement lstats our generation and the next two; a successor's
+    new generation is seen at once, even before it removed ours, and the full look still
+    names who took over."""
+    from pollcat.claim import CLAIM_PREFIX, acquire
+    from pollcat.errors import DeliveryLocked
+    from pollcat.targetfs import LocalTarget
+
+    tfs = LocalTarget(str(tmp_path / "root"))
+    mine = acquire(tfs, "alice/dl", facility="LILS", download_id=3)
+    looked: list[str] = []
+    real = tfs.list_names
+    tfs.list_names = lambda rel: looked.append(rel) or real(rel)  # type: ignore[method-assign]
+    for _ in range(5):
+        mine.check()
+    assert looked == []  # nothing changed: no listing, no read of the record
+    staging = tmp_path / "root/alice/dl/.pollcat"
+    body = (staging / f"{CLAIM_PREFIX}{mine.generation}").read_text().replace(
+        mine.token, "f" * 32)
+    (staging / f"{CLAIM_PREFIX}{mine.generation + 1}").write_text(body)  # not yet removed ours
+    with pytest.raises(DeliveryLocked, match="another worker took over"):
+        mine.check()
+    assert looked == ["alice/dl/.pollcat"]

@@ -616,3 +616,29 @@ def test_placed_bytes_are_read_back_before_the_rename(tmp_path):
     with pytest.raises(ChecksumMismatch):
         write_file(Scribbled(str(tmp_path)), make_job())
     assert not list(tmp_path.rglob("*.pollcat-part"))
+
+
+def test_a_fresh_delivery_lists_each_directory_once_instead_of_opening_every_name(tmp_path):
+    """No failed open per file for the final name and the part file (two per file before, each
+    a round trip on SFTP); a second attempt at a file in the same delivery still resumes."""
+    tfs = LocalTarget(str(tmp_path / "target"))
+    opened: list[str] = []
+    real = tfs.open_read
+    tfs.open_read = lambda rel: opened.append(rel) or real(rel)  # type: ignore[method-assign]
+    data = [os.urandom(1000 + i) for i in range(20)]
+    for i, d in enumerate(data):
+        job = replace(make_job(data=d, rel=f"alice/dl/ds/f{i}"), datafile_id=100 + i)
+        assert write_file(tfs, job, staging="alice/dl/.pollcat").bytes == len(d)
+    # only the re-read of each part before placement, and no other open
+    assert opened == [f"alice/dl/.pollcat/{100 + i}.pollcat-part" for i in range(20)]
+
+    # the same delivery tries one file again after its connection broke: it opens the part
+    server = Server(DATA, breaks=[1 << 20])
+    job = replace(make_job(server, rel="alice/dl/ds/big"), datafile_id=7)
+    with pytest.raises(TransientError):
+        write_file(tfs, job, staging="alice/dl/.pollcat", reopen=Reopen(max_resumes=0))
+    opened.clear()
+    result = write_file(tfs, job, staging="alice/dl/.pollcat")
+    assert server.opens == [0, 1 << 20] and result.fetched == len(DATA) - (1 << 20)
+    assert "alice/dl/.pollcat/7.pollcat-part" in opened[:2]
+    assert (tmp_path / "target/alice/dl/ds/big").read_bytes() == DATA
