@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,10 +41,11 @@ from pollcat.transfer import (
     FileResult,
     PlaceGuard,
     is_connection_loss,
+    place_staged,
     run_file_jobs,
+    stage_stream_entry,
     synced_once,
     write_file,
-    write_stream_entry,
 )
 from pollcat.unzip import iter_entries
 
@@ -194,26 +197,59 @@ class PreparedZipSource(Source):
 
     def _one_pass(self, ctx, by_path, by_name, results) -> None:
         resp = ctx.ids.get_prepared(ctx.prepared_id)
+        placing: deque[tuple[FileJob, Future[FileResult]]] = deque()
         try:
-            for entry in iter_entries(resp.read):
-                job = _match_entry(entry.name, by_path, by_name)
-                if job is None or isinstance(results.get(job.datafile_id), FileResult):
-                    entry.skip()
-                    continue
-                try:
-                    with ctx.target_write():
-                        results[job.datafile_id] = write_stream_entry(
-                            ctx.target, job, entry.iter_chunks(), staging=ctx.staging,
-                            before_place=ctx.before_place)
-                    if ctx.on_progress:
-                        ctx.on_progress(job.size)
-                except PollcatError as exc:
-                    if isinstance(exc, TransientError | NotReady | DeliveryLocked):
-                        raise
-                    results[job.datafile_id] = exc
-                    entry.skip()
+            with ThreadPoolExecutor(1, thread_name_prefix="pollcat-place") as placer:
+                for entry in iter_entries(resp.read):
+                    job = _match_entry(entry.name, by_path, by_name)
+                    if job is None or isinstance(results.get(job.datafile_id), FileResult):
+                        entry.skip()
+                        continue
+                    try:
+                        with ctx.target_write():
+                            staged = stage_stream_entry(ctx.target, job, entry.iter_chunks(),
+                                                        staging=ctx.staging)
+                    except PollcatError as exc:
+                        _record_failure(results, job, exc)
+                        entry.skip()
+                        continue
+                    if isinstance(staged, FileResult):
+                        _record(ctx, results, job, staged)
+                    else:
+                        placing.append((job, placer.submit(place_staged, ctx.target, staged,
+                                                           ctx.before_place)))
+                    _settle(ctx, results, placing, keep=PLACING_AHEAD)
+                _settle(ctx, results, placing, keep=0)
         finally:
             resp.close()
+
+
+#: Entries of a zip stream verified and placed on another thread while the next ones are read.
+PLACING_AHEAD = 2
+
+
+def _settle(ctx, results, placing: deque, keep: int) -> None:
+    """Collect finished placements, waiting for the oldest while more than `keep` are left."""
+    while placing and (len(placing) > keep or placing[0][1].done()):
+        job, future = placing.popleft()
+        try:
+            _record(ctx, results, job, future.result())
+        except PollcatError as exc:
+            _record_failure(results, job, exc)
+
+
+def _record(ctx, results, job: FileJob, result: FileResult) -> None:
+    results[job.datafile_id] = result
+    if ctx.on_progress:
+        ctx.on_progress(job.size)
+
+
+def _record_failure(results, job: FileJob, exc: PollcatError) -> None:
+    """A failure that ends the pass (the zip is fetched again) is raised; the others (an
+    unsafe name, a refused target path) are this file's result."""
+    if isinstance(exc, TransientError | NotReady | DeliveryLocked):
+        raise exc
+    results[job.datafile_id] = exc
 
 
 def _worth_restarting(exc: PollcatError) -> bool:

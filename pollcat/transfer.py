@@ -608,6 +608,28 @@ def write_stream_entry(target: TargetFS, job: FileJob, chunks: Iterable[bytes], 
     `chunks` is not consumed (the zip reader drains an entry when it moves on). Any failure
     deletes the part file.
     """
+    staged = stage_stream_entry(target, job, chunks, staging=staging)
+    return staged if isinstance(staged, FileResult) else place_staged(target, staged,
+                                                                      before_place)
+
+
+@dataclass(frozen=True)
+class StagedEntry:
+    """A stream entry written to its part file, not yet verified and placed."""
+
+    job: FileJob
+    part: str
+    size: int
+    crc: int
+    crc_known: bool
+    started: float
+
+
+def stage_stream_entry(target: TargetFS, job: FileJob, chunks: Iterable[bytes], *,
+                       staging: str = STAGING_NAME) -> FileResult | StagedEntry:
+    """The first half of `write_stream_entry`: the entry's bytes in its part file (a
+    FileResult when the final file already matches). A stream source places entry N with
+    `place_staged` while it reads entry N+1: the read-back CRC32 is off the stream's path."""
     started = time.monotonic()
     crc = existing_match(target, job)
     if crc is not None:
@@ -623,10 +645,16 @@ def write_stream_entry(target: TargetFS, job: FileJob, chunks: Iterable[bytes], 
         writer.close()
         target.remove_quietly(part)
         raise
-    crc = verify_and_place(target, part, job, writer.offset, writer.crc, before_place,
-                           crc_known=writer.crc_in_memory)
-    return FileResult(job.datafile_id, job.rel_path, writer.offset,
-                      time.monotonic() - started, crc, fetched=writer.fetched)
+    return StagedEntry(job, part, writer.offset, writer.crc, writer.crc_in_memory, started)
+
+
+def place_staged(target: TargetFS, staged: StagedEntry,
+                 before_place: PlaceGuard | None = None) -> FileResult:
+    """Verify a staged entry against ICAT and place it (the part is deleted on a mismatch)."""
+    crc = verify_and_place(target, staged.part, staged.job, staged.size, staged.crc,
+                           before_place, crc_known=staged.crc_known)
+    return FileResult(staged.job.datafile_id, staged.job.rel_path, staged.size,
+                      time.monotonic() - staged.started, crc, fetched=staged.size)
 
 
 # --- many files -----------------------------------------------------------------------------

@@ -86,3 +86,41 @@ def test_zip_slip_entries_are_skipped(tmp_path, evil, order):
     assert not os.path.exists("/etc/pollcat-zip-slip")
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
         "alice/dl/INV/1/ds/good.dat"]
+
+
+def test_entries_are_placed_while_the_next_ones_stream_and_a_bad_one_restarts_the_pass(
+        tmp_path):
+    """Entry N is verified and placed on another thread while N+1 is read; every good entry
+    ends placed and verified, progress counts each once, and an entry whose bytes disagree
+    with ICAT (the last one here: it ends the pass, as before) fails it (the zip is fetched
+    again, up to the restart limit) without placing it."""
+    datas = [os.urandom(40_000 + i) for i in range(12)]
+    entries = [(f"ids/LILS/INV/1/ds/f{i}.dat", d) for i, d in enumerate(datas)]
+    root = tmp_path / "target"
+    tfs = open_target(fsspec.filesystem("file"), str(root))
+    jobs, infos = [], {}
+    for i, d in enumerate(datas):
+        crc = format(zlib.crc32(d), "x") if i != 11 else format(zlib.crc32(b"other"), "x")
+        jobs.append(FileJob(100 + i, f"f{i}.dat", f"alice/dl/INV/1/ds/f{i}.dat", len(d), crc))
+        infos[100 + i] = DatafileInfo(id=100 + i, name=f"f{i}.dat", size=len(d), checksum=crc,
+                                      location=None, dataset_id=2, dataset="ds",
+                                      investigation_id=3, investigation="INV", visit="1",
+                                      facility="LILS")
+    progress: list[int] = []
+    ids = FakeIds(zip_of(entries))
+    fetched = []
+    real = ids.get_prepared
+    ids.get_prepared = lambda pid, offset=0: fetched.append(pid) or real(pid, offset)
+    ctx = TransferContext(download_id=1, prepared_id="p", ids=ids, session_id=lambda: "s",
+                          target=tfs, staging="alice/dl/.pollcat", concurrency=1,
+                          on_progress=progress.append)
+    results = PreparedZipSource().transfer(ctx, jobs, infos)
+    good = range(11)
+    assert [type(results[i]).__name__ for i in good] == ["FileResult"] * 11
+    assert type(results[11]).__name__ == "ChecksumMismatch"
+    for i in good:
+        assert (root / f"alice/dl/INV/1/ds/f{i}.dat").read_bytes() == datas[i]
+    assert not (root / "alice/dl/INV/1/ds/f11.dat").exists()
+    assert len(fetched) > 1  # the mismatch made the pass start again
+    assert sorted(progress) == sorted(len(datas[i]) for i in good)  # each placed file once
+    assert not list(root.rglob("*.pollcat-part"))
