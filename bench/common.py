@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def sim_process(scenario: dict, data_dir: str | None = None) -> Iterator[tuple[s
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)  # the simulator's data: gigabytes per run
 
 
 def login(url: str, user: str, password: str) -> str:
@@ -101,6 +103,5 @@ def curl_many(pairs: list[tuple[str, str]], procs: int = 8, per: int = 50) -> fl
     subprocess.run(["xargs", f"-P{procs}", "-n1", "curl", "-sf", "-K"],
                    input="\n".join(configs), text=True, check=True)
     secs = time.monotonic() - t0
-    for cfg in configs:
-        Path(cfg).unlink()
+    shutil.rmtree(tmp, ignore_errors=True)
     return secs
