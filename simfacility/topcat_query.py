@@ -101,7 +101,6 @@ class Query:
             out = out[self.offset : self.offset + self.count]
         return out
 
-
     def _window_in_id_order(self, rows: Iterable[Any], getter: Callable[[Any, str], Any]
                             ) -> list[Any]:
         pred, wanted, out = self.predicate, (self.offset or 0) + (self.count or 0), []

@@ -17,7 +17,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import sys
+
+from pollcat.targetfs import libc
 
 SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -38,12 +39,9 @@ class _OpenHow(ctypes.Structure):
                 ("resolve", ctypes.c_uint64)]
 
 
-def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        syscall = ctypes.CDLL(None, use_errno=True).syscall  # releases the GIL while it runs
-    except (OSError, AttributeError):
+def _load():  # noqa: ANN202 - a ctypes function or None
+    syscall = libc.function("syscall")
+    if syscall is None:
         return None
     syscall.restype = ctypes.c_long
     syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p,

@@ -51,6 +51,15 @@ def _check_private(st: os.stat_result, path: str) -> None:
             f"mode {stat.filemode(st.st_mode)}, so pollcat did not make it; it is left alone")
 
 
+def _check_opened_staging(fd: int, path: str) -> None:
+    """`_check_private` on a staging directory just opened; the descriptor is closed if not."""
+    try:
+        _check_private(os.fstat(fd), path)
+    except UnsafeTargetPath:
+        os.close(fd)
+        raise
+
+
 class LocalTarget(TargetFS):
     """A local root; every operation below it goes through `O_NOFOLLOW` directory fds."""
 
@@ -158,11 +167,7 @@ class LocalTarget(TargetFS):
                 return None
             raise target_error(exc, self.path(rel)) from exc
         if names[-1] == STAGING_NAME:
-            try:
-                _check_private(os.fstat(fd), self.path(rel))
-            except UnsafeTargetPath:
-                os.close(fd)
-                raise
+            _check_opened_staging(fd, self.path(rel))
         return fd
 
     def _step(self, parent: int, name: str, here: str, create: bool) -> int:
@@ -187,11 +192,7 @@ class LocalTarget(TargetFS):
                 raise unsafe(here, self._kind_at(parent, name), "a directory") from None
             raise
         if name == STAGING_NAME:
-            try:
-                _check_private(os.fstat(child), here)
-            except UnsafeTargetPath:
-                os.close(child)
-                raise
+            _check_opened_staging(child, here)
         return child
 
     @staticmethod

@@ -13,10 +13,11 @@ fsync does all the work, as before. This never replaces the fsync: it only makes
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from collections.abc import Callable
+
+from pollcat.targetfs import libc
 
 log = logging.getLogger("pollcat.targetfs")
 
@@ -24,15 +25,8 @@ WAIT_BEFORE, WRITE, WAIT_AFTER = 1, 2, 4
 DEFAULT_WINDOW = 8 << 20
 
 
-def _libc(name: str):  # noqa: ANN202 - a ctypes function or None
-    try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-
-
 def _load() -> Callable[[int, int, int, int], None] | None:
-    fn = _libc("sync_file_range")
+    fn = libc.function("sync_file_range")
     if fn is None:
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
