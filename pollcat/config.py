@@ -220,6 +220,11 @@ class SweepSettings(BaseModel):
                     "saw it raises a pollcat.download.stuck event (an operator alert).")
     deliver_completed: bool = Field(
         default=True, description="Single-level IDS: deliver COMPLETE downloads too.")
+    full_scan_minutes: float = Field(
+        default=10.0, gt=0,
+        description="Discovery asks TopCAT only for downloads above a bound kept in the "
+                    "ledger; this often it also asks for every RESTORING download, however "
+                    "old, so an admin's resume of an old download waits at most this long.")
     max_parallel_downloads: int = Field(default=4, ge=1, le=64,
                                         description="Downloads delivered at once per worker.")
     check_concurrency: int = Field(default=8, ge=1, le=64,

@@ -76,6 +76,9 @@ SESSION_RESTARTS = 1
 #: How far TopCAT's commits may lag behind its id sequence, in minutes: a download created more
 #: recently than this may still have a smaller id appear after it (see `discover`).
 COMMIT_SKEW_MINUTES = 5
+# Statuses discovery's bound may pass: settled for good, or PAUSED (an admin's resume of one is
+# found by the periodic full scan).
+_PASSABLE = frozenset({DownloadStatus.COMPLETE, DownloadStatus.EXPIRED, DownloadStatus.PAUSED})
 
 
 @dataclass
@@ -155,41 +158,66 @@ class Pipeline:
         that pollcat has not delivered yet and that appeared after its first sweep."""
         found: dict[int, Download] = {}
         for transport in self.cfg.routes:
-            for d in self.topcat.pending(transport, DownloadStatus.RESTORING,
-                                         page_size=self.cfg.page_size):
+            for d in self._discover_transport(transport):
                 found[d.id] = d
-            if self.cfg.deliver_completed:
-                for d in self._completed_since_bound(transport):
-                    found[d.id] = d
         return [found[i] for i in sorted(found)]
 
-    def _completed_since_bound(self, transport: str) -> list[Download]:
-        """Undelivered single-level COMPLETE downloads, asking TopCAT only for ids above a bound
-        kept in the ledger: without it every sweep pages through the facility's whole history.
+    def _discover_transport(self, transport: str) -> list[Download]:
+        """Ask TopCAT only for ids above a bound kept in the ledger: its table has no index but
+        the primary key, so any status question reads the facility's whole history (100,000
+        rows: a 21 ms scan, and 1,000 pages for single-level COMPLETE downloads) every sweep.
 
-        The bound moves up over COMPLETE downloads whose fate is settled for good (two-level,
-        older than pollcat, or delivered or expired by pollcat) and stops at the first one that
-        still needs work. It also stops at downloads created in the last few minutes: TopCAT's
-        ids come from a sequence, and a transaction that took id N can commit after the one that
-        took N+1, so a fresh id says nothing yet about the ids below it. An admin's resume puts a
-        download back to RESTORING, which is asked for without a bound."""
-        name = f"complete:{transport}"
+        The bound moves up over downloads whose fate is settled for good (EXPIRED; COMPLETE
+        two-level, older than pollcat, or delivered or expired by pollcat) or PAUSED, and stops
+        at the first one that still needs work (RESTORING, PREPARING, QUEUED, an undelivered
+        single-level COMPLETE). It also stops at downloads created in the last few minutes:
+        TopCAT's ids come from a sequence, and a transaction that took id N can commit after
+        the one that took N+1, so a fresh id says nothing yet about the ids below it.
+
+        Below the bound only an admin changes a download (Resume of a PAUSED one; a status set
+        back to RESTORING to retry). Every `full_scan_minutes` discovery also asks for every
+        RESTORING download, however old, so such a resume waits at most that long."""
+        name = f"transport:{transport}"
         bound = self.state.scan_bound(name)
-        rows = self.topcat.pending(transport, DownloadStatus.COMPLETE,
-                                   page_size=self.cfg.page_size, after_id=bound)
+        rows = self.topcat.downloads(transport, page_size=self.cfg.page_size, after_id=bound)
         recent = datetime.now(UTC) - timedelta(minutes=COMMIT_SKEW_MINUTES)
         found, advancing, new_bound = [], True, bound
         for d in rows:  # id order
-            if self._undelivered_single_level(d):
+            if self._wanted(d):
                 found.append(d)
                 advancing = False
-            elif advancing and d.created_at is not None and d.created_at < recent:
+            elif (advancing and d.status in _PASSABLE and d.created_at is not None
+                    and d.created_at < recent):
                 new_bound = d.id
             else:
                 advancing = False
+        if bound is not None and self._full_scan_due(transport):
+            found.extend(d for d in self.topcat.pending(
+                transport, DownloadStatus.RESTORING, page_size=self.cfg.page_size)
+                if d.id <= bound)
+        elif bound is None:
+            self._full_scan_due(transport)  # this query was a full scan: start the clock
         if new_bound is not None and new_bound != bound:
             self.state.raise_scan_bound(name, new_bound)
         return found
+
+    def _wanted(self, d: Download) -> bool:
+        if d.status == DownloadStatus.RESTORING:
+            return True
+        return (self.cfg.deliver_completed and d.status == DownloadStatus.COMPLETE
+                and self._undelivered_single_level(d))
+
+    def _full_scan_due(self, transport: str) -> bool:
+        """True (and the time recorded, for every worker sharing the ledger) when the last
+        unbounded RESTORING question is `full_scan_minutes` old. The time is kept as a
+        monotonic mark next to the bounds: epoch seconds only ever grow."""
+        name = f"full-scan:{transport}"
+        now = int(time.time())
+        last = self.state.scan_bound(name)
+        if last is not None and now - last < self.cfg.full_scan_minutes * 60:
+            return False
+        self.state.raise_scan_bound(name, now)
+        return True
 
     def _undelivered_single_level(self, d: Download) -> bool:
         if d.is_two_level:

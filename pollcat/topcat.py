@@ -216,15 +216,17 @@ class TopcatAdmin:
                        params={"facilityName": self.facility, "sessionId": self.icat.session_id()})
         return resp.json() is True
 
-    def query(self, where: str, *, page_size: int = 100) -> Iterator[Download]:
-        """All downloads matching `where` (a queryOffset condition), fetched page by page.
+    def query(self, where: str, *, page_size: int = 100,
+              after_id: int | None = None) -> Iterator[Download]:
+        """All downloads matching `where` (a queryOffset condition) with an id above `after_id`,
+        fetched page by page.
 
         Pages continue after the last id seen (`download.id > N ... limit 0, n`), not at an
         offset: a download that leaves the result while pollcat pages (another worker set it
         COMPLETE) would shift every offset after it and hide a download from this sweep, and
         TopCAT's database answers an id bound from its primary key where an offset costs a
         walk through every row before it."""
-        last = 0
+        last = int(after_id or 0)
         while True:
             q = (f"where ({where}) and download.id > {last} "
                  f"order by download.id asc limit 0, {page_size}")
@@ -237,21 +239,24 @@ class TopcatAdmin:
             if len(rows) < page_size:
                 return
 
+    def _of_transport(self, transport: str) -> str:
+        return (f"download.facilityName = {literal(self.facility)} "
+                f"and download.transport = {literal(transport)} and download.isDeleted = false")
+
     def pending(self, transport: str, status: str = "RESTORING", *,
                 page_size: int = 100, after_id: int | None = None) -> list[Download]:
-        """The transport's non-deleted downloads in `status`, oldest first.
+        """The transport's non-deleted downloads in `status` (above `after_id`), oldest first."""
+        where = f"{self._of_transport(transport)} and download.status = {ENUM}.{status}"
+        return list(self.query(where, page_size=page_size, after_id=after_id))
 
-        `after_id`: only downloads with a larger id. Single-level discovery asks for COMPLETE
-        downloads, and without a bound it pages through the facility's whole history every
-        sweep (100,000 rows are 1,000 pages); with the highest id whose fate is already settled
-        it asks for the new ones only. The bound is the caller's to keep (the ledger).
-        """
-        where = (f"download.facilityName = {literal(self.facility)} "
-                 f"and download.transport = {literal(transport)} "
-                 f"and download.status = {ENUM}.{status} and download.isDeleted = false")
-        if after_id is not None:
-            where += f" and download.id > {int(after_id)}"
-        return list(self.query(where, page_size=page_size))
+    def downloads(self, transport: str, *, page_size: int = 100,
+                  after_id: int | None = None) -> list[Download]:
+        """The transport's non-deleted downloads in any status with an id above `after_id`,
+        oldest first: discovery's bounded question (`Pipeline.discover`). TopCAT's table has no
+        index but its primary key, so an id range is the one question it answers without
+        reading the facility's whole history."""
+        return list(self.query(self._of_transport(transport), page_size=page_size,
+                               after_id=after_id))
 
     def get(self, download_id: int) -> Download | None:
         rows = list(self.query(f"download.id = {int(download_id)}", page_size=2))

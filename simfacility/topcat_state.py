@@ -222,6 +222,7 @@ class TopcatState:
         self.fac = fac
         self.lock = threading.RLock()
         self.downloads: dict[int, Download] = {}
+        self._pk_order: list[int] = []  # the primary key's order, for `_from_id`
         self.carts: dict[tuple[str, str], Cart] = {}
         self._ids = 0
         self._download_ids = 0  # its own sequence, like the DOWNLOAD table's, so ids are 1, 2, 3
@@ -318,10 +319,12 @@ class TopcatState:
     def _from_id(self, floor: int | None) -> list[Download]:
         """Downloads with an id above `floor`, found as TopCAT's database finds them: through
         the primary key's order (the table only ever grows at the top), not by a scan."""
-        rows = list(self.downloads.values())
         if floor is None:
-            return rows
-        return rows[bisect.bisect_right(rows, floor, key=lambda d: d.id):]
+            return list(self.downloads.values())
+        if len(self._pk_order) != len(self.downloads):  # rows are only added, ids ascending
+            self._pk_order = list(self.downloads)
+        table, order = self.downloads, self._pk_order
+        return [table[i] for i in order[bisect.bisect_right(order, floor):]]
 
     def set_status(self, download_id: int, value: str | None, session_id: str | None = None,
                    custom_value: str | None = None, admin: bool = False) -> None:

@@ -1,14 +1,17 @@
-"""Single-level discovery keeps a bound: history does not slow a sweep (issue 8).
+"""Discovery keeps a bound: history does not slow a sweep (issue 8).
 
-TopCAT only has COMPLETE downloads to offer on a single-level IDS, and most of them were settled
-long ago. `Pipeline.discover` asks for ids above a bound kept in the ledger and moves it only
-over downloads settled for good and older than TopCAT's commit skew. The unit tests drive it with
-a recorded TopCAT; the end-to-end test runs it against the simulated facility's real queries.
+TopCAT's download table has no index but its primary key, and most downloads in it were settled
+long ago. `Pipeline.discover` asks for ids above a bound kept in the ledger, moves it only over
+downloads settled for good (or PAUSED) and older than TopCAT's commit skew, and every
+`full_scan_minutes` asks for every RESTORING download to see an admin's resume below it. The
+unit tests drive it with a recorded TopCAT; the end-to-end tests run it against the simulated
+facility's real queries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -22,10 +25,12 @@ from tests.support import pipeline_config, pipeline_for, statuses
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(hours=1)
+BOUND = "transport:globus"
 
 
 class RecordedTopcat:
-    """TopCAT's admin query, answering from a list and remembering each `after_id` asked."""
+    """TopCAT's admin query, answering from a list and remembering each question: (status or
+    "any", after_id)."""
 
     def __init__(self, rows: list[Download]):
         self.rows = rows
@@ -33,8 +38,15 @@ class RecordedTopcat:
 
     def pending(self, transport, status, *, page_size=100, after_id=None):
         self.asked.append((str(status), after_id))
+        return [d for d in self._above(after_id) if d.status == status]
+
+    def downloads(self, transport, *, page_size=100, after_id=None):
+        self.asked.append(("any", after_id))
+        return self._above(after_id)
+
+    def _above(self, after_id):
         return [d for d in sorted(self.rows, key=lambda d: d.id)
-                if d.status == status and (after_id is None or d.id > after_id)]
+                if after_id is None or d.id > after_id]
 
 
 def _row(i: int, created: datetime = OLD, *, two_level: bool = False,
@@ -55,8 +67,15 @@ def _completed(pipe: Pipeline, *ids: int) -> None:
         pipe.state.update(i, verdict=Verdict.COMPLETED)
 
 
-def _complete_bounds(topcat: RecordedTopcat) -> list[int | None]:
-    return [after for status, after in topcat.asked if status == DownloadStatus.COMPLETE]
+def _bounds(topcat: RecordedTopcat) -> list[int | None]:
+    return [after for status, after in topcat.asked if status == "any"]
+
+
+def _later(monkeypatch, minutes: float) -> None:
+    """Discovery's clock (the full-scan mark), `minutes` on from now."""
+    import pollcat.pipeline
+    at = time.time() + minutes * 60
+    monkeypatch.setattr(pollcat.pipeline.time, "time", lambda: at)
 
 
 def test_the_bound_stops_at_the_first_download_that_still_needs_work(tmp_path):
@@ -64,12 +83,12 @@ def test_the_bound_stops_at_the_first_download_that_still_needs_work(tmp_path):
     pipe, topcat = _pipeline(tmp_path, rows)
     _completed(pipe, 1, 2, 5)
     assert [d.id for d in pipe.discover()] == [4, 6]
-    assert pipe.state.scan_bound("complete:globus") == 3  # 3 is two-level: not pollcat's
+    assert pipe.state.scan_bound(BOUND) == 3  # 3 is two-level: not pollcat's
 
     _completed(pipe, 4)
     assert [d.id for d in pipe.discover()] == [6]
-    assert pipe.state.scan_bound("complete:globus") == 5
-    assert _complete_bounds(topcat) == [None, 3]
+    assert pipe.state.scan_bound(BOUND) == 5
+    assert _bounds(topcat) == [None, 3]
 
 
 def test_a_fresh_download_holds_the_bound_back_for_the_commit_skew(tmp_path):
@@ -78,25 +97,52 @@ def test_a_fresh_download_holds_the_bound_back_for_the_commit_skew(tmp_path):
     pipe, topcat = _pipeline(tmp_path, rows)
     _completed(pipe, 6, 8)  # 8 delivered at once, minutes after it was created
     assert pipe.discover() == []
-    assert pipe.state.scan_bound("complete:globus") == 6  # not 8: 7 may still appear
+    assert pipe.state.scan_bound(BOUND) == 6  # not 8: 7 may still appear
     rows.append(_row(7, NOW))  # ... and it does
     assert [d.id for d in pipe.discover()] == [7]
     _completed(pipe, 7)
     rows[:] = [dataclasses.replace(d, created_at=OLD) for d in rows]  # minutes later
     assert pipe.discover() == []
-    assert pipe.state.scan_bound("complete:globus") == 8
-    assert _complete_bounds(topcat) == [None, 6, 6]
+    assert pipe.state.scan_bound(BOUND) == 8
+    assert _bounds(topcat) == [None, 6, 6]
 
 
-def test_old_history_is_settled_and_restoring_downloads_are_asked_without_a_bound(tmp_path):
+def test_old_history_is_passed_once_and_a_resume_below_the_bound_waits_for_the_full_scan(
+        tmp_path, monkeypatch):
     history = [_row(i, NOW - timedelta(days=30)) for i in range(1, 501)]  # older than pollcat
-    resumed = _row(7, NOW - timedelta(days=30), status=DownloadStatus.RESTORING, two_level=True)
-    pipe, topcat = _pipeline(tmp_path, [*history, resumed])
+    expired = _row(501, OLD, status=DownloadStatus.EXPIRED, two_level=True)
+    paused = _row(502, OLD, status=DownloadStatus.PAUSED, two_level=True)
+    rows = [*history, expired, paused]
+    pipe, topcat = _pipeline(tmp_path, rows)
     pipe.state.first_run = NOW - timedelta(days=2)
-    assert [d.id for d in pipe.discover()] == [7]
-    assert pipe.state.scan_bound("complete:globus") == 500
-    assert [d.id for d in pipe.discover()] == [7]  # an admin's resume: no bound on RESTORING
-    assert topcat.asked[-2:] == [(DownloadStatus.RESTORING, None), (DownloadStatus.COMPLETE, 500)]
+    assert pipe.discover() == []
+    assert pipe.state.scan_bound(BOUND) == 502  # past the EXPIRED and the PAUSED one
+
+    rows[-2:] = [dataclasses.replace(d, status=DownloadStatus.RESTORING) for d in (expired, paused)]
+    assert pipe.discover() == []  # an admin's retry and resume below the bound: not yet seen
+    assert topcat.asked[-1] == ("any", 502)
+
+    _later(monkeypatch, 9)
+    assert pipe.discover() == []
+    _later(monkeypatch, 11)  # full_scan_minutes (10) after the first sweep
+    assert [d.id for d in pipe.discover()] == [501, 502]
+    assert topcat.asked[-2:] == [("any", 502), (DownloadStatus.RESTORING, None)]
+    assert [d.id for d in pipe.discover()] == []  # the next full scan is 10 minutes away
+    assert len([a for a in topcat.asked if a[0] != "any"]) == 1
+
+
+def test_a_restoring_download_holds_the_bound_until_it_is_settled(tmp_path):
+    restoring = _row(2, OLD, status=DownloadStatus.RESTORING, two_level=True)
+    rows = [_row(1, OLD, two_level=True), restoring, _row(3, OLD, two_level=True),
+            _row(4, OLD, status=DownloadStatus.PREPARING, two_level=True)]
+    pipe, topcat = _pipeline(tmp_path, rows)
+    assert [d.id for d in pipe.discover()] == [2]
+    assert pipe.state.scan_bound(BOUND) == 1
+    assert [d.id for d in pipe.discover()] == [2]
+    rows[1] = dataclasses.replace(restoring, status=DownloadStatus.COMPLETE)  # pollcat set it
+    assert pipe.discover() == []
+    assert pipe.state.scan_bound(BOUND) == 3  # TopCAT still preparing 4: it is next
+    assert _bounds(topcat) == [None, 1, 1]
 
 
 @pytest.fixture
@@ -122,20 +168,31 @@ def test_a_sweep_after_delivering_asks_topcat_for_new_downloads_only(aged, tmp_p
     age()
     assert pipe.sweep() == []
     bound = max(statuses(sim.url))
-    assert pipe.state.scan_bound("complete:globus") == bound
+    assert pipe.state.scan_bound(BOUND) == bound
 
     asked: list[int | None] = []
-    real = pipe.topcat.pending
+    real = pipe.topcat.query
 
-    def spy(transport, status, **kw):
+    def spy(where, **kw):
         asked.append(kw.get("after_id"))
-        rows = real(transport, status, **kw)
-        if status == DownloadStatus.COMPLETE:
-            assert all(d.id > bound for d in rows)
-        return rows
-    pipe.clients.topcat.pending = spy
+        return real(where, **kw)
+    pipe.clients.topcat.query = spy
     assert pipe.sweep() == []
-    assert asked == [None, bound]
+    assert asked == [bound]  # no unbounded question: the full scan is 10 minutes away
+
+
+def test_an_admin_resume_below_the_bound_is_found_by_the_full_scan(aged, tmp_path, monkeypatch):
+    sim, age = aged
+    pipe = pipeline_for(sim, tmp_path)
+    assert [o.outcome for o in pipe.sweep()] == ["completed"] * 3
+    age()
+    assert pipe.discover() == []
+    first = min(statuses(sim.url))
+    assert pipe.state.scan_bound(BOUND) > first
+    pipe.topcat.set_status(first, DownloadStatus.RESTORING)  # an admin asks for it again
+    assert pipe.discover() == []
+    _later(monkeypatch, 11)
+    assert [d.id for d in pipe.discover()] == [first]
 
 
 def test_a_download_leaving_the_result_mid_paging_hides_no_other(make_sim, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import zlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -236,7 +237,7 @@ def test_the_two_thread_file_crc_equals_the_plain_one(tmp_path, monkeypatch):
 # --- the narrowed discovery query -----------------------------------------------------------
 
 
-def test_pending_after_id_narrows_the_query():
+def test_pending_after_id_starts_the_keyset_paging_there():
     from pollcat.topcat import TopcatAdmin
 
     asked: list[str] = []
@@ -245,11 +246,12 @@ def test_pending_after_id_narrows_the_query():
         def __init__(self):
             self.facility = "FAC"
 
-        def query(self, where, *, page_size=100):
-            asked.append(where)
-            return iter(())
+        def _admin(self, method, path, build):
+            asked.append(build("sid")["queryOffset"])
+            return SimpleNamespace(content=b"[]")
 
     Fake().pending("globus", "COMPLETE", after_id=41)
-    Fake().pending("globus", "COMPLETE")
-    assert asked[0].endswith("and download.id > 41")
-    assert "download.id" not in asked[1]
+    Fake().downloads("globus")
+    assert "and download.id > 41 order by download.id asc" in asked[0]
+    assert "download.status" in asked[0] and "download.status" not in asked[1]
+    assert "and download.id > 0 order by download.id asc" in asked[1]
