@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from pollcat import logsafe, maintenance
+from pollcat import logsafe, maintenance, memory
 from pollcat.config import PipelineConfig
 from pollcat.delivery import (
     DeliveryPlan,
@@ -134,6 +134,7 @@ def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3) -
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, clients: FacilityClients | None = None,
                  hooks: Sequence[Hook] = ()):
+        memory.reuse_chunk_memory()  # once per process: chunks reuse freed heap memory
         self.cfg = cfg
         self.clients = clients or FacilityClients(cfg.facility)
         self.state = open_state_store(cfg.state_dir, cfg.facility.facility_name,
