@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote_plus, urlparse
 
@@ -215,7 +215,8 @@ class PreparedZipSource(Source):
                         continue
                     if isinstance(staged, FileResult):
                         _record(ctx, results, job, staged)
-                    else:
+                    else:  # the zip's CRC32, read after the data, checked with ICAT's
+                        staged = replace(staged, declared_crc=entry.crc32)
                         placing.append((job, placer.submit(place_staged, ctx.target, staged,
                                                            ctx.before_place)))
                     _settle(ctx, results, placing, keep=PLACING_AHEAD)

@@ -416,13 +416,14 @@ class PartWriter:
 
 def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: int,
                      before_place: PlaceGuard | None = None, *,
-                     crc_known: bool = True) -> int:
+                     crc_known: bool = True, declared_crc: int | None = None) -> int:
     """Check the part against ICAT, then rename it over the final name; returns its CRC32.
 
     On a local target the decisive CRC32 is read back from the part file itself (the bytes that
     will be placed), not taken from memory. `crc_known` False: `crc` was not computed (the part
-    writer leaves that to this re-read), so only the size is checked before it. A mismatch
-    deletes the part.
+    writer leaves that to this re-read), so only the size is checked before it.
+    `declared_crc`: what the source says the bytes' CRC32 is (a zip entry's), checked with the
+    same computed CRC32 as ICAT's checksum. A mismatch deletes the part.
     """
     try:
         if crc_known:
@@ -438,6 +439,10 @@ def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: 
                 with f:
                     size, crc = crc_of_file(f)
             check_bytes(job, size, crc)
+        if declared_crc is not None and declared_crc != crc:
+            raise ChecksumMismatch(
+                f"CRC32 {format_crc(crc)} disagrees with the source's {format_crc(declared_crc)}"
+                " (the bytes did not arrive as they were sent)", datafile=job.name)
     except VerificationError:
         target.remove_quietly(part)
         raise
@@ -623,6 +628,7 @@ class StagedEntry:
     crc: int
     crc_known: bool
     started: float
+    declared_crc: int | None = None  # the zip's CRC32 of the entry, known once it is read
 
 
 def stage_stream_entry(target: TargetFS, job: FileJob, chunks: Iterable[bytes], *,
@@ -652,7 +658,8 @@ def place_staged(target: TargetFS, staged: StagedEntry,
                  before_place: PlaceGuard | None = None) -> FileResult:
     """Verify a staged entry against ICAT and place it (the part is deleted on a mismatch)."""
     crc = verify_and_place(target, staged.part, staged.job, staged.size, staged.crc,
-                           before_place, crc_known=staged.crc_known)
+                           before_place, crc_known=staged.crc_known,
+                           declared_crc=staged.declared_crc)
     return FileResult(staged.job.datafile_id, staged.job.rel_path, staged.size,
                       time.monotonic() - staged.started, crc, fetched=staged.size)
 

@@ -124,3 +124,34 @@ def test_entries_are_placed_while_the_next_ones_stream_and_a_bad_one_restarts_th
     assert len(fetched) > 1  # the mismatch made the pass start again
     assert sorted(progress) == sorted(len(datas[i]) for i in good)  # each placed file once
     assert not list(root.rglob("*.pollcat-part"))
+
+
+@pytest.mark.parametrize("icat_knows_the_crc", [True, False])
+def test_bytes_changed_in_the_zip_are_never_placed(tmp_path, icat_knows_the_crc):
+    """A flipped byte inside a DEFLATE level-0 (stored) block is still valid deflate: only a
+    CRC32 can tell. The reader computes none (each byte is hashed once); the CRC32 read back
+    from the part file is checked against ICAT's checksum and against the zip's, so the entry
+    is refused even where ICAT has no checksum, and the good entry after it is placed."""
+    bad, good = os.urandom(30_000), os.urandom(20_000)
+    data = bytearray(zip_of([("ids/LILS/INV/1/ds/bad.dat", bad),
+                             ("ids/LILS/INV/1/ds/good.dat", good)]))
+    data[bytes(data).index(bad[:64]) + 1000] ^= 0xFF
+    root = tmp_path / "target"
+    tfs = open_target(fsspec.filesystem("file"), str(root))
+    jobs, infos = [], {}
+    for i, (name, payload) in enumerate([("bad.dat", bad), ("good.dat", good)]):
+        crc = format(zlib.crc32(payload), "x") if icat_knows_the_crc else None
+        jobs.append(FileJob(i, name, f"alice/dl/INV/1/ds/{name}", len(payload), crc))
+        infos[i] = DatafileInfo(id=i, name=name, size=len(payload), checksum=crc,
+                                location=None, dataset_id=2, dataset="ds", investigation_id=3,
+                                investigation="INV", visit="1", facility="LILS")
+    ctx = TransferContext(download_id=1, prepared_id="p", ids=FakeIds(bytes(data)),
+                          session_id=lambda: "s", target=tfs, staging="alice/dl/.pollcat",
+                          concurrency=1)
+    bad_result, good_result = PreparedZipSource().transfer(ctx, jobs, infos)
+    assert type(bad_result).__name__ == "ChecksumMismatch"
+    assert ("ICAT says" if icat_knows_the_crc else "the source's") in str(bad_result)
+    assert isinstance(good_result, FileResult)
+    assert (root / "alice/dl/INV/1/ds/good.dat").read_bytes() == good
+    assert not (root / "alice/dl/INV/1/ds/bad.dat").exists()
+    assert not list(root.rglob("*.pollcat-part"))
