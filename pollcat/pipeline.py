@@ -196,8 +196,9 @@ class Pipeline:
             found.extend(d for d in self.topcat.pending(
                 transport, DownloadStatus.RESTORING, page_size=self.cfg.page_size)
                 if d.id <= bound)
+            self._full_scan_done(transport)
         elif bound is None:
-            self._full_scan_due(transport)  # this query was a full scan: start the clock
+            self._full_scan_done(transport)  # this sweep's question was a full scan
         if new_bound is not None and new_bound != bound:
             self.state.raise_scan_bound(name, new_bound)
         return found
@@ -209,16 +210,15 @@ class Pipeline:
                 and self._undelivered_single_level(d))
 
     def _full_scan_due(self, transport: str) -> bool:
-        """True (and the time recorded, for every worker sharing the ledger) when the last
-        unbounded RESTORING question is `full_scan_minutes` old. The time is kept as a
-        monotonic mark next to the bounds: epoch seconds only ever grow."""
-        name = f"full-scan:{transport}"
-        now = int(time.time())
-        last = self.state.scan_bound(name)
-        if last is not None and now - last < self.cfg.full_scan_minutes * 60:
-            return False
-        self.state.raise_scan_bound(name, now)
-        return True
+        """Whether the last unbounded RESTORING question (by any worker sharing the ledger)
+        is `full_scan_minutes` old."""
+        last = self.state.scan_bound(f"full-scan:{transport}")
+        return last is None or time.time() - last >= self.cfg.full_scan_minutes * 60
+
+    def _full_scan_done(self, transport: str) -> None:
+        """Record it once answered (a TopCAT that failed it is asked again next sweep). The
+        time is kept as a monotonic mark next to the bounds: epoch seconds only ever grow."""
+        self.state.raise_scan_bound(f"full-scan:{transport}", int(time.time()))
 
     def _undelivered_single_level(self, d: Download) -> bool:
         if d.is_two_level:

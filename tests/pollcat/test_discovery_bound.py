@@ -131,6 +131,21 @@ def test_old_history_is_passed_once_and_a_resume_below_the_bound_waits_for_the_f
     assert len([a for a in topcat.asked if a[0] != "any"]) == 1
 
 
+def test_a_full_scan_that_failed_is_asked_again_next_sweep(tmp_path, monkeypatch):
+    rows = [_row(1), _row(2, status=DownloadStatus.EXPIRED, two_level=True)]
+    pipe, topcat = _pipeline(tmp_path, rows)
+    _completed(pipe, 1)
+    assert pipe.discover() == []
+    rows[1] = dataclasses.replace(rows[1], status=DownloadStatus.RESTORING)  # retried
+    _later(monkeypatch, 11)
+    real = topcat.pending
+    topcat.pending = lambda *a, **kw: (_ for _ in ()).throw(ConnectionError("TopCAT down"))
+    with pytest.raises(ConnectionError):
+        pipe.discover()
+    topcat.pending = real
+    assert [d.id for d in pipe.discover()] == [2]  # not 10 minutes later
+
+
 def test_a_restoring_download_holds_the_bound_until_it_is_settled(tmp_path):
     restoring = _row(2, OLD, status=DownloadStatus.RESTORING, two_level=True)
     rows = [_row(1, OLD, two_level=True), restoring, _row(3, OLD, two_level=True),
