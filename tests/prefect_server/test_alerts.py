@@ -144,8 +144,9 @@ OperatorEmail(smtp_host='127.0.0.1', smtp_port={smtp_port}, security='none',
 
 def _end_time(server: PrefectServer, task_run_name: str) -> str | None:
     """The task run's end time once the server recorded it (the alert can be quicker). An
-    answer that took over 30 s counts as "not yet": in one full CI run the SQLite-backed server
-    went silent that long right after the failure (its services writing), then answered."""
+    answer that takes over 30 s counts as "not yet": in one full CI run the SQLite-backed
+    server did not answer this query within 30 s right after the failure (cause not found in
+    the run's output; every earlier run answered at once)."""
     try:
         runs = server.api("POST", "/task_runs/filter", json={"task_runs": {
             "name": {"any_": [task_run_name]}}}).json()
