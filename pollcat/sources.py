@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +24,7 @@ from urllib.parse import unquote_plus, urlparse
 from fsspec.core import url_to_fs
 
 from pollcat.catalog import DatafileInfo
+from pollcat.entryfeed import EntryFeed
 from pollcat.errors import (
     DeliveryLocked,
     NotReady,
@@ -196,47 +197,88 @@ class PreparedZipSource(Source):
         return out
 
     def _one_pass(self, ctx, by_path, by_name, results) -> None:
+        """Read the zip in this thread; stage each entry on a second thread (`EntryFeed`) and
+        verify and place it on a third, so the socket is read while entries are written."""
         resp = ctx.ids.get_prepared(ctx.prepared_id)
-        placing: deque[tuple[FileJob, Future[FileResult]]] = deque()
+        pending: deque[tuple[FileJob, Future]] = deque()
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="pollcat-place") as placer:
-                for entry in iter_entries(resp.read):
-                    job = _match_entry(entry.name, by_path, by_name)
-                    if job is None or isinstance(results.get(job.datafile_id), FileResult):
-                        entry.skip()
-                        continue
-                    try:
-                        with ctx.target_write():
-                            staged = stage_stream_entry(ctx.target, job, entry.iter_chunks(),
-                                                        staging=ctx.staging)
-                    except PollcatError as exc:
-                        _record_failure(results, job, exc)
-                        entry.skip()
-                        continue
-                    if isinstance(staged, FileResult):
-                        _record(ctx, results, job, staged)
-                    else:  # the zip's CRC32, read after the data, checked with ICAT's
-                        staged = replace(staged, declared_crc=entry.crc32)
-                        placing.append((job, placer.submit(place_staged, ctx.target, staged,
-                                                           ctx.before_place)))
-                    _settle(ctx, results, placing, keep=PLACING_AHEAD)
-                _settle(ctx, results, placing, keep=0)
+            with ThreadPoolExecutor(1, thread_name_prefix="pollcat-place") as placer, \
+                    ThreadPoolExecutor(1, thread_name_prefix="pollcat-stage") as stager:
+                try:
+                    self._read(ctx, iter_entries(resp.read), by_path, by_name, results,
+                               pending, stager, placer)
+                except BaseException:
+                    with suppress(PollcatError):  # the error that ended the reading is raised
+                        _settle(ctx, results, pending, keep=0)  # what was placed counts
+                    raise
+                _settle(ctx, results, pending, keep=0)
         finally:
             resp.close()
 
+    def _read(self, ctx, entries, by_path, by_name, results, pending: deque,
+              stager: ThreadPoolExecutor, placer: ThreadPoolExecutor) -> None:
+        started: set[int] = set()  # one part file per datafile: a repeated entry is skipped
+        for entry in entries:
+            job = _match_entry(entry.name, by_path, by_name)
+            if (job is None or job.datafile_id in started
+                    or isinstance(results.get(job.datafile_id), FileResult)):
+                entry.skip()
+                continue
+            started.add(job.datafile_id)
+            feed = EntryFeed()
+            pending.append((job, stager.submit(_stage_entry, ctx, job, feed, placer)))
+            try:
+                for data in entry.iter_chunks():
+                    feed.put(data)
+            except BaseException as exc:
+                feed.fail(exc)
+                raise
+            feed.end(entry.crc32)
+            _settle(ctx, results, pending, keep=PLACING_AHEAD)
 
-#: Entries of a zip stream verified and placed on another thread while the next ones are read.
+
+def _stage_entry(ctx, job: FileJob, feed: EntryFeed, placer: ThreadPoolExecutor
+                 ) -> FileResult | Future[FileResult]:
+    """Write one entry's part file from its feed, then queue its verification and placement
+    (with the CRC32 the zip declares, known once the entry was read)."""
+    try:
+        with ctx.target_write():
+            staged = stage_stream_entry(ctx.target, job, feed, staging=ctx.staging,
+                                        overlap=False)
+    finally:
+        feed.drain()
+    if isinstance(staged, FileResult):
+        return staged
+    staged = replace(staged, declared_crc=feed.declared_crc)
+    return placer.submit(place_staged, ctx.target, staged, ctx.before_place)
+
+
+#: Entries of a zip stream staged, verified and placed on other threads while the next ones
+#: are read.
 PLACING_AHEAD = 2
 
 
 def _settle(ctx, results, placing: deque, keep: int) -> None:
-    """Collect finished placements, waiting for the oldest while more than `keep` are left."""
-    while placing and (len(placing) > keep or placing[0][1].done()):
+    """Collect finished entries, waiting for the oldest while more than `keep` are left.
+
+    A failure that ends the pass is raised only once every entry still in flight has finished
+    and been recorded: a file placed meanwhile counts (the next pass would only find it again).
+    """
+    ending: PollcatError | None = None
+    while placing and (ending or len(placing) > keep or placing[0][1].done()):
         job, future = placing.popleft()
         try:
-            _record(ctx, results, job, future.result())
+            result = future.result()
+            if isinstance(result, Future):  # staged: its placement
+                result = result.result()
+            _record(ctx, results, job, result)
         except PollcatError as exc:
-            _record_failure(results, job, exc)
+            if _ends_the_pass(exc):
+                ending = ending or exc
+            else:
+                results[job.datafile_id] = exc
+    if ending:
+        raise ending
 
 
 def _record(ctx, results, job: FileJob, result: FileResult) -> None:
@@ -245,12 +287,10 @@ def _record(ctx, results, job: FileJob, result: FileResult) -> None:
         ctx.on_progress(job.size)
 
 
-def _record_failure(results, job: FileJob, exc: PollcatError) -> None:
-    """A failure that ends the pass (the zip is fetched again) is raised; the others (an
-    unsafe name, a refused target path) are this file's result."""
-    if isinstance(exc, TransientError | NotReady | DeliveryLocked):
-        raise exc
-    results[job.datafile_id] = exc
+def _ends_the_pass(exc: PollcatError) -> bool:
+    """A failure that ends the pass (the zip is fetched again); the others (an unsafe name, a
+    refused target path) are that file's result."""
+    return isinstance(exc, TransientError | NotReady | DeliveryLocked)
 
 
 def _worth_restarting(exc: PollcatError) -> bool:

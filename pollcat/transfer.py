@@ -375,9 +375,10 @@ class PartWriter:
         self.fetched += len(data)
         self._progress(len(data))
 
-    def copy(self, chunks: Iterable[bytes]) -> None:
-        """Write every chunk; large files on a second thread while the source is read."""
-        if self.job.size - self.offset < OVERLAP_MIN:
+    def copy(self, chunks: Iterable[bytes], overlap: bool = True) -> None:
+        """Write every chunk; large files on a second thread while the source is read (unless
+        the source is read on another thread already: `overlap=False`)."""
+        if not overlap or self.job.size - self.offset < OVERLAP_MIN:
             for data in chunks:
                 self.write(data)
             return
@@ -632,7 +633,8 @@ class StagedEntry:
 
 
 def stage_stream_entry(target: TargetFS, job: FileJob, chunks: Iterable[bytes], *,
-                       staging: str = STAGING_NAME) -> FileResult | StagedEntry:
+                       staging: str = STAGING_NAME, overlap: bool = True
+                       ) -> FileResult | StagedEntry:
     """The first half of `write_stream_entry`: the entry's bytes in its part file (a
     FileResult when the final file already matches). A stream source places entry N with
     `place_staged` while it reads entry N+1: the read-back CRC32 is off the stream's path."""
@@ -645,7 +647,7 @@ def stage_stream_entry(target: TargetFS, job: FileJob, chunks: Iterable[bytes], 
     writer = PartWriter(target, part, job, None)
     try:
         writer.truncate()
-        writer.copy(chunks)
+        writer.copy(chunks, overlap)
         writer.finish()
     except BaseException:
         writer.close()

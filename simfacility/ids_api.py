@@ -59,7 +59,7 @@ from starlette.routing import Route
 from simfacility.errors import IcatError, IdsError
 from simfacility.model import BLOCK_SIZE, Datafile, Dataset, Investigation
 from simfacility.prepared import DfInfo, DsInfo, PreparedRecord
-from simfacility.zipstream_writer import skip_bytes, zip_entry_name, zip_stream
+from simfacility.zipstream_writer import Entry, skip_bytes, zip_entry_name, zip_stream
 
 if TYPE_CHECKING:
     from simfacility.facility import SimFacility
@@ -552,13 +552,13 @@ class IdsService:
         return StreamingResponse(prefetch(body), status_code=206 if offset > 0 else 200,
                                  headers=headers, media_type="application/octet-stream")
 
-    def _entries(self, record: PreparedRecord) -> Iterator[tuple[str, int, Callable]]:
+    def _entries(self, record: PreparedRecord) -> Iterator[Entry]:
         for d in record.datafiles:
             ds = record.datasets[d.dataset_id]
             df = self.store.datafiles[d.id]
             name = zip_entry_name(ds.facility_name, ds.investigation_name, ds.visit_id, ds.name,
                                   d.name)
-            yield name, df.size, (lambda df=df: file_chunks(self.store, df, 0))
+            yield name, (lambda df=df: file_chunks(self.store, df, 0))
 
     def _locked(self, body: Iterator[bytes], dataset_ids: list[int]) -> Iterator[bytes]:
         """Hold SHARED dataset locks while streaming; taken on the first chunk so a response
