@@ -129,10 +129,9 @@ class Claim:
                                  download_id=self.download_id)
 
     def _unchallenged(self) -> bool:
-        lstat, name = self.target.lstat, self._name
-        return (lstat(name(self.generation)) is not None
-                and lstat(name(self.generation + 1)) is None
-                and lstat(name(self.generation + 2)) is None)
+        ours, next_one, the_one_after = self.target.lstat_all(
+            self.staging, [f"{CLAIM_PREFIX}{self.generation + step}" for step in range(3)])
+        return ours is not None and next_one is None and the_one_after is None
 
     def renew(self) -> None:
         """Extend the lease (one atomic rename of a fresh record over our claim file)."""

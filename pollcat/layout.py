@@ -59,6 +59,8 @@ _FORBIDDEN_CATEGORIES = {"Cc", "Zl", "Zp"}
 
 def _bad_char(component: str) -> str | None:
     """The first forbidden character of a component, or None."""
+    if component.isascii() and component.isprintable():  # no Cc/Zl/Zp: only "\\" can be bad
+        return "\\" if "\\" in component else None
     for ch in component:
         if ch == "\\" or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
             return ch

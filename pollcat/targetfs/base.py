@@ -3,15 +3,18 @@ and the helpers they share."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import posixpath
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Any
 
-from pollcat.errors import PollcatError, UnsafeTargetPath
-from pollcat.layout import check_relpath
+from pollcat.errors import PollcatError, UnsafePathError, UnsafeTargetPath
+from pollcat.layout import check_component, check_relpath
 
 log = logging.getLogger("pollcat.targetfs")
 
@@ -83,8 +86,18 @@ def is_local(fs: Any) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def split_rel(rel: str) -> list[str]:
-    return [] if rel in ("", ".") else check_relpath(rel).split("/")
+def check_name(name: str) -> str:
+    """`name` if it is one safe path component (no "/"), else UnsafePathError."""
+    if "/" in name:
+        raise UnsafePathError(f"name {name!r} is not a single path component")
+    return check_component(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def split_rel(rel: str) -> tuple[str, ...]:
+    """The components of a checked root-relative path. Cached: every target operation splits
+    its path, and a download's few directories recur for each of its files."""
+    return () if rel in ("", ".") else tuple(check_relpath(rel).split("/"))
 
 
 # --- the interface --------------------------------------------------------------------------
@@ -114,6 +127,11 @@ class TargetFS:
     def lstat(self, rel: str) -> Entry | None:
         """What is at `rel` (None if nothing); its parents must be real directories."""
         raise NotImplementedError
+
+    def lstat_all(self, rel_dir: str, names: Sequence[str]) -> list[Entry | None]:
+        """`lstat` of each of `names` in directory `rel_dir` (None for each if it is missing):
+        one walk to the directory for all of them (the claim check before every placement)."""
+        return [self.lstat(posixpath.join(rel_dir, check_name(name))) for name in names]
 
     def make_dirs(self, rel: str) -> None:
         """Every directory of `rel` exists and is a real directory."""

@@ -9,7 +9,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import IO
@@ -22,6 +22,7 @@ from pollcat.targetfs.base import (
     Kind,
     NameTaken,
     TargetFS,
+    check_name,
     kind_of,
     split_rel,
     unsafe,
@@ -151,7 +152,7 @@ class LocalTarget(TargetFS):
             for each in opened:
                 os.close(each)
 
-    def _beneath(self, root_fd: int, names: list[str], create: bool) -> int | None:
+    def _beneath(self, root_fd: int, names: Sequence[str], create: bool) -> int | None:
         """The directory in one `openat2` that refuses links and escapes (see `beneath`); None
         when it is missing but may be made (`create`), or when something other than a plain
         directory chain is in the way: the walk then makes it or names exactly what is there."""
@@ -204,14 +205,24 @@ class LocalTarget(TargetFS):
 
     def lstat(self, rel: str) -> Entry | None:
         parent, name = posixpath.split(rel)
+        return self._lstat_in(parent, [name])[0]
+
+    def lstat_all(self, rel_dir: str, names: Sequence[str]) -> list[Entry | None]:
+        return self._lstat_in(rel_dir, [check_name(name) for name in names])
+
+    def _lstat_in(self, rel_dir: str, names: list[str]) -> list[Entry | None]:
         try:
-            with self._dir(parent) as fd, target_errors(self.path(rel)):
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    return None
+            with self._dir(rel_dir) as fd:
+                return [self._lstat_at(fd, rel_dir, name) for name in names]
         except FileNotFoundError:
-            return None
+            return [None] * len(names)
+
+    def _lstat_at(self, dir_fd: int, rel_dir: str, name: str) -> Entry | None:
+        with target_errors(self.path(posixpath.join(rel_dir, name))):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
         return Entry(kind_of(st.st_mode), st.st_size, st.st_mtime, st.st_uid, st.st_mode)
 
     def make_dirs(self, rel: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import posixpath
+from collections.abc import Sequence
 from typing import IO, Any
 
 from pollcat.errors import TransientError, UnsafeTargetPath
@@ -17,6 +18,7 @@ from pollcat.targetfs.base import (
     Kind,
     NameTaken,
     TargetFS,
+    check_name,
     kind_of,
     split_rel,
     unsafe,
@@ -110,6 +112,16 @@ class FsspecTarget(TargetFS):
             return None
         with target_errors(self._full(rel)):
             return self._lstat_full(self._full(rel))
+
+    def lstat_all(self, rel_dir: str, names: Sequence[str]) -> list[Entry | None]:
+        if not self._check_dirs(rel_dir):
+            return [None] * len(names)
+        found = []
+        for name in names:
+            full = self._full(posixpath.join(rel_dir, check_name(name)))
+            with target_errors(full):
+                found.append(self._lstat_full(full))
+        return found
 
     def make_dirs(self, rel: str) -> None:
         self._check_dirs(rel, create=True)

@@ -55,6 +55,40 @@ def test_reads_of_absent_things_are_none(tfs):
     tfs.remove("no/such/file")  # nothing to do, no error
 
 
+def test_lstat_all_answers_like_lstat_for_each_name(tfs):
+    """The claim check's batch form (one walk to the directory): the same answers as one
+    `lstat` each, None for every name when the directory is missing, and a name that is not
+    one component refused."""
+    from pollcat.errors import UnsafePathError
+
+    tfs.make_dirs("d/.pollcat")
+    with tfs.create("d/.pollcat/c.3") as f:
+        f.write(b"claim")
+    tfs.make_dirs("d/.pollcat/sub")
+    names = ["c.3", "c.4", "sub"]
+    got = tfs.lstat_all("d/.pollcat", names)
+    assert [(e.kind, e.size) if e else None for e in got] == [
+        (e.kind, e.size) if e else None for e in (tfs.lstat(f"d/.pollcat/{n}") for n in names)]
+    assert got[0].kind is Kind.FILE and got[0].size == 5 and got[1] is None
+    assert got[2].kind is Kind.DIR
+    assert tfs.lstat_all("no/such", names) == [None, None, None]
+    for bad in ("../c.3", "sub/x", "", ".."):
+        with pytest.raises(UnsafePathError):
+            tfs.lstat_all("d/.pollcat", [bad])
+
+
+def test_lstat_all_refuses_a_linked_directory(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "c.3").write_bytes(b"not ours")
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    os.symlink(outside, root / "d" / "link")
+    tfs = open_target(fsspec.filesystem("file"), str(root))
+    with pytest.raises(UnsafeTargetPath):
+        tfs.lstat_all("d/link", ["c.3"])
+
+
 def test_racing_threads_make_the_same_directories(tfs):
     errors = []
     barrier = threading.Barrier(8)
