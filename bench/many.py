@@ -92,7 +92,7 @@ def _alternate(url: str, work: Path, rounds: int, extra: dict | None = None,
 
 
 def files_in_one(work: Path, files: int = 2000, size: int = 256 << 10,
-                 rounds: int = 3) -> dict:
+                 rounds: int = 5) -> dict:
     with sim_process(one_download(files, size)) as (url, _):
         result = _alternate(url, work, rounds, concurrency=8)
     return {"files": files, "bytes_each": size, **result}

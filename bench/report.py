@@ -30,15 +30,20 @@ ANALYSIS = """
   thresholds once per process (32 MiB, 64 MiB) so chunks reuse freed heap: under 3,500
   faults, system time 0.71–0.76 s → 0.37–0.45 s, that sweep 1.04 s → 0.80 s, peak RSS of the
   process 103 → 130 MB.
-- **Many files in one download.** The bytes are not the cost: pollcat spends about 2 ms of
-  Python per file on one core (the GIL), where curl spends microseconds in 8 processes: the
-  getData request through python-icat and urllib3 (about a third) and the no-follow target
-  layer. Every system call hands the GIL to another of the transfer threads (a futex wake
+- **Many files in one download.** The bytes are not the cost: pollcat spends about 1 ms of
+  user CPU per file (2.1 s a round of 2,000; curl's 40 processes 0.45 s), about 40 % of it
+  the getData request through python-icat, urllib3 and http.client, most of the rest the
+  no-follow target layer. The GIL is held for about 1.6 s of a round, so the two cores are the
+  limit: in one slow hour a round cost the simulator 3.2–3.6 CPU-s, and the kernel (the
+  page-cache copy, ext4 creating the files) 2.5–4 s for pollcat and 2.6–3.3 s for curl
+  (`getrusage`).
+  Every system call hands the GIL to another of the transfer threads (a futex wake
   and wait each): an `lstat` per path component made 65 `stat` calls per file, so local
   targets now resolve each directory in one `openat2` (27 per file left, mostly `fstat` of
   opened files); each directory is listed once per delivery instead of trying to open every
   final and part name first (`transfer.FirstSight`), and the claim check before each
-  placement is three `lstat`s instead of a listing and a read (10–20 % of the CPU before).
+  placement is three `lstat`s in one directory walk (`TargetFS.lstat_all`) instead of a
+  listing and a read (10–20 % of the CPU before).
   In the kernel, a fifth of pollcat's CPU is copying the bytes into the page cache
   (`copy_folio_from_iter_atomic`, `perf`), as for curl. Per-file fsyncs are gone (one
   concurrent batch of fsyncs before the manifest) and getData connections are kept alive;
@@ -66,14 +71,15 @@ ANALYSIS = """
   computes no CRC32: each entry's declared CRC32 is compared with the one read back from the
   part file for ICAT's checksum, so every byte is hashed once (stream-unzip, used before,
   hashed every byte again with no switch: 0.20 s of CPU per 512 MiB against 0.04 s for the
-  inflate alone). Entries are written one after the other (overlapped within an entry of
-  8 MiB or more) and each is verified and placed on another thread while the next ones
-  stream. The ceiling is the simulator's zip: one Python thread computing zlib's CRC32 and
-  deflating, 0.46–0.61 s of CPU per 512 MiB, so `curl` alone takes 0.55–0.71 s for it, against
-  0.56–0.61 s for pollcat's whole direct delivery of the same bytes (`perf`, per-process CPU).
-  Both programs share two cores: a zip sweep needs about 1.4 CPU-seconds (pollcat 0.70–0.76,
-  the simulator 0.62–0.72) against 1.0 for the direct source. Reading the socket on a thread
-  of its own (`ReadAhead`) was tried and measured no faster (0.76 s against 0.76 s).
+  inflate alone). The socket is read on the sweep's thread while the entry before is written
+  on a staging thread (`pollcat/entryfeed.py`), and each written entry is verified and placed
+  on a third while the next ones stream. The simulator writes the bytes IDS's
+  `ZipOutputStream` writes without compression (level-0 deflate, data descriptors, ZIP64 where
+  a field overflows): it emits the stored blocks itself and takes CRC32 from ISA-L, 0.13 s of
+  CPU per 512 MiB where zlib's level-0 deflate took 0.27 s, so `curl` reads its zip at 1.7–1.9
+  GB/s. Both sources are then CPU-bound on the two cores they share with the simulator: a zip
+  sweep costs pollcat about 0.6 CPU-s and the simulator 0.36–0.40, a direct sweep the
+  simulator 0.36–0.45 (`perf`, per-process CPU).
 - **History.** TopCAT's `DOWNLOAD` table has no index but the primary key (`Download.java`
   declares none), so any question by status reads the whole history, in TopCAT's database as
   in the simulator (about 0.2 µs a row). The pipeline keeps a bound in the ledger
@@ -144,7 +150,11 @@ def render(r: dict) -> str:
         "(except for the history measure, see below). Wall-clock figures on this machine vary "
         "by a factor of two or more from run to run (the disk's `dd` speed alone has been seen "
         "between 0.4 and 1.5 GB/s within an hour), so only the ratios of one run count: each "
-        "pair is measured in alternating rounds in the same run, medians reported.", "",
+        "pair is measured in alternating rounds in the same run, medians reported. The run "
+        "starts with a `sync` and a 61 s wait (`bench/common.py`, `settle_filesystem`): ext4 "
+        "walks past every inode deleted in the last minute (six while its table block is dirty) "
+        "to create a file: right after 20,000 files were deleted, curl's 2,000-file round took "
+        "3.76 and 4.08 s, against 3.47 and 3.37 s once settled.", "",
         "## Ratios (issue 8's goals)", "",
         "| measure | pollcat | peer | ratio | goal | |", "|---|---|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} | {e} | {_ok(ok)} |" for a, b, c, d, e, ok in rows]

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import history, limits, many, rss, sim_scale, throughput, zipsrc
+from bench.common import settle_filesystem
 
 
 def machine() -> str:
@@ -39,6 +40,7 @@ def summary(out: dict) -> dict:
 
 
 def main(scale: float = 1.0) -> None:
+    settle_filesystem()
     out: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
     out["limits"] = limits.main()
     out["throughput_1GiB"] = throughput.main(int((1 << 30) * scale))
