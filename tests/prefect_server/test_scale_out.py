@@ -399,7 +399,14 @@ def test_killed_host_is_taken_over_from_the_part_file(cluster: Cluster):
     _wait(delivered, 300, "the surviving host delivered the download", cluster, 5)
     took = time.monotonic() - t_kill
 
-    runs = [r for r in cluster.deliver_runs() if r["name"] == f"deliver-{BLOCK}-{did}"]
+    def deliver_runs_settled() -> list[dict] | None:
+        """The download's deliver runs once the last one has ended: TopCAT says COMPLETE
+        before that run returns (it still reports and releases its lease; one CI run under
+        load saw it RUNNING at that moment)."""
+        runs = [r for r in cluster.deliver_runs() if r["name"] == f"deliver-{BLOCK}-{did}"]
+        return runs if runs[-1]["state_type"] in FINAL else None
+
+    runs = _wait(deliver_runs_settled, 60, "the delivering run ended", cluster, 1)
     assert runs[0]["id"] == first[0]["id"] and runs[0]["state_type"] == "CRASHED"
     assert runs[-1]["state_type"] == "COMPLETED"
     assert runs[-1]["idempotency_key"] != runs[0]["idempotency_key"]
