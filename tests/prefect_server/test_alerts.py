@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,8 @@ from pollcat.blocks import OperatorEmail
 from pollcat.deployments import alerts
 from simfacility.server import free_port, running_facility
 from tests.conftest import scenario
-from tests.prefect_server.server import REPO, PrefectServer
+from tests.postgres import running_postgres
+from tests.prefect_server.server import REPO, SERVER_ENV, PrefectServer
 from tests.support import statuses, wait_for
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(480)]
@@ -61,6 +63,22 @@ class Inbox:
     def count(self, text: str) -> int:
         with self.lock:
             return sum(1 for _, s, _ in self.items if text in s)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    """A real server on PostgreSQL, as the README asks of production. On SQLite, Prefect's
+    automations service loses an evaluation to `database is locked` when the host is busy
+    (PrefectHQ/prefect#10188): one full CI run lost the failed-sweep alert that way (the
+    server log held `INSERT INTO automation_bucket ... database is locked`)."""
+    with running_postgres() as pg:
+        url = pg.create_database("prefect").replace("+psycopg", "+asyncpg")
+        server = PrefectServer(tmp_path_factory.mktemp("prefect-server"), **SERVER_ENV,
+                               PREFECT_API_DATABASE_CONNECTION_URL=url).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture
