@@ -76,6 +76,8 @@ def check_component(component: str, *, where: str | None = None) -> str:
     if component in ("", ".", ".."):
         what = "an empty" if component == "" else f"a {component!r}"
         raise UnsafePathError(f"path {shown} has {what} component")
+    if "/" in component:  # only callers other than check_relpath can pass one
+        raise UnsafePathError(f"path {shown} is not a single component")
     bad = _bad_char(component)
     if bad is not None:
         raise UnsafePathError(f"path {shown} contains the forbidden character {bad!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Any
 
-from pollcat.errors import PollcatError, UnsafePathError, UnsafeTargetPath
+from pollcat.errors import PollcatError, UnsafeTargetPath
 from pollcat.layout import check_component, check_relpath
 
 log = logging.getLogger("pollcat.targetfs")
@@ -86,13 +86,6 @@ def is_local(fs: Any) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def check_name(name: str) -> str:
-    """`name` if it is one safe path component (no "/"), else UnsafePathError."""
-    if "/" in name:
-        raise UnsafePathError(f"name {name!r} is not a single path component")
-    return check_component(name)
-
-
 @functools.lru_cache(maxsize=4096)
 def split_rel(rel: str) -> tuple[str, ...]:
     """The components of a checked root-relative path. Cached: every target operation splits
@@ -131,7 +124,7 @@ class TargetFS:
     def lstat_all(self, rel_dir: str, names: Sequence[str]) -> list[Entry | None]:
         """`lstat` of each of `names` in directory `rel_dir` (None for each if it is missing):
         one walk to the directory for all of them (the claim check before every placement)."""
-        return [self.lstat(posixpath.join(rel_dir, check_name(name))) for name in names]
+        return [self.lstat(posixpath.join(rel_dir, check_component(name))) for name in names]
 
     def make_dirs(self, rel: str) -> None:
         """Every directory of `rel` exists and is a real directory."""

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import IO
 
 from pollcat.errors import UnsafeTargetPath
+from pollcat.layout import check_component
 from pollcat.targetfs import beneath
 from pollcat.targetfs.base import (
     STAGING_NAME,
@@ -22,7 +23,6 @@ from pollcat.targetfs.base import (
     Kind,
     NameTaken,
     TargetFS,
-    check_name,
     kind_of,
     split_rel,
     unsafe,
@@ -208,7 +208,7 @@ class LocalTarget(TargetFS):
         return self._lstat_in(parent, [name])[0]
 
     def lstat_all(self, rel_dir: str, names: Sequence[str]) -> list[Entry | None]:
-        return self._lstat_in(rel_dir, [check_name(name) for name in names])
+        return self._lstat_in(rel_dir, [check_component(name) for name in names])
 
     def _lstat_in(self, rel_dir: str, names: list[str]) -> list[Entry | None]:
         try:

@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from pollcat.errors import TransientError, UnsafeTargetPath
-from pollcat.layout import check_relpath
+from pollcat.layout import check_component, check_relpath
 from pollcat.targetfs.base import (
     STAGING_NAME,
     Entry,
     Kind,
     NameTaken,
     TargetFS,
-    check_name,
     kind_of,
     split_rel,
     unsafe,
@@ -118,7 +117,7 @@ class FsspecTarget(TargetFS):
             return [None] * len(names)
         found = []
         for name in names:
-            full = self._full(posixpath.join(rel_dir, check_name(name)))
+            full = self._full(posixpath.join(rel_dir, check_component(name)))
             with target_errors(full):
                 found.append(self._lstat_full(full))
         return found
