@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,10 +139,8 @@ class StateStore:
             setattr(rec, key, value(rec) if callable(value) else value)
         rec.first_seen = rec.first_seen or now_iso()
         rec.updated = now_iso()
-        path = self._path(download_id)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec.to_json(), indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        _replace_with(self._path(download_id),
+                      json.dumps(rec.to_json(), indent=1, sort_keys=True), mode=0o644)
         return rec
 
     def seen(self, download_id: int) -> LedgerRecord:
@@ -171,10 +170,7 @@ class StateStore:
             return
         folder = self.root / "scan-bounds"
         folder.mkdir(exist_ok=True)
-        path = folder / _bound_file(name)
-        tmp = folder / f"{path.name}.{os.getpid()}.tmp"
-        tmp.write_text(str(int(after_id)))
-        os.replace(tmp, path)
+        _replace_with(folder / _bound_file(name), str(int(after_id)))
 
     # ------------------------------------------------------------ the preparedId pollcat made
     def own_prepared_id(self, download_id: int) -> str | None:
@@ -184,12 +180,7 @@ class StateStore:
             return None
 
     def keep_prepared_id(self, download_id: int, prepared_id: str) -> None:
-        path = self.secret_dir / f"{int(download_id)}.prepared"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(prepared_id)
-        os.replace(tmp, path)
+        _replace_with(self.secret_dir / f"{int(download_id)}.prepared", prepared_id)
 
     # ------------------------------------------------------------ the lock
     @contextlib.contextmanager
@@ -211,3 +202,23 @@ class StateStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _replace_with(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write `text` to a temporary file of its own beside `path`, then rename it over `path`.
+
+    The temporary name is unique (`mkstemp`: exclusive, never through a link), not derived
+    from the process id: two threads of one process raising the same scan bound once wrote
+    the same temporary file, and the second rename found it gone (FileNotFoundError in a sweep
+    overlapping another in the same process)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        if mode != 0o600:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

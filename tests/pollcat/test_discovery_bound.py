@@ -228,3 +228,35 @@ def test_a_download_leaving_the_result_mid_paging_hides_no_other(make_sim, tmp_p
         if len(seen) == 2:  # another worker completes the first download meanwhile
             pipe.topcat.set_status(ids[0], DownloadStatus.COMPLETE)
     assert seen == ids
+
+
+def test_threads_of_one_process_raise_a_bound_without_colliding(tmp_path):
+    """Regression: the temporary file was named after the process only, so two sweeps of one
+    process (threads) raising the same bound wrote one temporary file, and the second rename
+    failed with FileNotFoundError (seen in test_overlapping_sweeps_deliver_once)."""
+    import threading
+
+    from pollcat.state import StateStore
+
+    store = StateStore(tmp_path, "LILS")
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def raise_many(offset: int) -> None:
+        start.wait()
+        try:
+            for i in range(300):
+                store.raise_scan_bound("full-scan:globus", i * 4 + offset)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=raise_many, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # any written bound is valid (docstring); each thread's last write is its highest
+    assert 299 * 4 <= store.scan_bound("full-scan:globus") <= 299 * 4 + 3
+    assert [p.name for p in (tmp_path / "LILS" / "scan-bounds").iterdir()
+            if p.name.endswith(".tmp")] == []
