@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Protocol, TypeVar
 
@@ -393,9 +393,14 @@ class PartWriter:
 
         overlapped(checked(), self._store)
 
-    def finish(self) -> None:
+    def finish(self, keep_open: bool = False) -> IO[bytes] | None:
         """Flush, fsync and close: errors here are the target's. In a batch whose durability
-        one `target.sync()` provides (`synced_once`), only flush."""
+        one `target.sync()` provides (`synced_once`), only flush.
+
+        `keep_open`: on a target that reads the part back before placing, hand the open part
+        file to the caller instead of closing it, for `verify_and_place` to read back through:
+        the same file (pollcat created it, exclusively, in its private staging directory),
+        without walking to it and opening it again for each of thousands of files."""
         with self._errors():
             if self.out is not None:
                 if self.target.sync_deferred:
@@ -404,7 +409,11 @@ class PartWriter:
                         self._writeback.start_rest()
                 else:
                     fsync(self.out)
+            if keep_open and self.target.reread_before_place and self.out is not None:
+                kept, self.out = self.out, None
+                return kept
             self.close()
+        return None
 
     def close(self) -> None:
         out, self.out = self.out, None
@@ -417,15 +426,36 @@ class PartWriter:
 
 def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: int,
                      before_place: PlaceGuard | None = None, *,
-                     crc_known: bool = True, declared_crc: int | None = None) -> int:
+                     crc_known: bool = True, declared_crc: int | None = None,
+                     readback: IO[bytes] | None = None) -> int:
     """Check the part against ICAT, then rename it over the final name; returns its CRC32.
 
     On a local target the decisive CRC32 is read back from the part file itself (the bytes that
-    will be placed), not taken from memory. `crc_known` False: `crc` was not computed (the part
-    writer leaves that to this re-read), so only the size is checked before it.
-    `declared_crc`: what the source says the bytes' CRC32 is (a zip entry's), checked with the
-    same computed CRC32 as ICAT's checksum. A mismatch deletes the part.
+    will be placed), not taken from memory: through `readback` when the writer handed its open
+    part file over (closed here, whatever happens), else opened again. `crc_known` False: `crc`
+    was not computed (the part writer leaves that to this re-read), so only the size is checked
+    before it. `declared_crc`: what the source says the bytes' CRC32 is (a zip entry's),
+    checked with the same computed CRC32 as ICAT's checksum. A mismatch deletes the part.
     """
+    try:
+        crc = _verify(target, part, job, size, crc, crc_known, declared_crc, readback)
+        if before_place is not None:
+            before_place()
+        with target_errors(target.path(job.rel_path), job.name):
+            target.place(part, job.rel_path)
+        if target.sync_deferred:
+            target.note_placed(job.rel_path, readback)  # the target closes it now
+            readback = None
+    finally:
+        if readback is not None:
+            with suppress(OSError):  # nothing is buffered: finish() flushed it
+                readback.close()
+    return crc
+
+
+def _verify(target: TargetFS, part: str, job: FileJob, size: int, crc: int, crc_known: bool,
+            declared_crc: int | None, readback: IO[bytes] | None) -> int:
+    """`verify_and_place`'s checks; the decisive CRC32. A mismatch deletes the part."""
     try:
         if crc_known:
             check_bytes(job, size, crc)
@@ -433,12 +463,15 @@ def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: 
             check_bytes(job, size, 0)
         if target.reread_before_place:
             with target_errors(target.path(part), job.name):
-                f = target.open_read(part)
-                if f is None:
-                    raise TransientError(f"part file {target.path(part)!r} vanished",
-                                         datafile=job.name)
-                with f:
-                    size, crc = crc_of_file(f)
+                if readback is not None:
+                    size, crc = crc_of_file(readback)
+                else:
+                    f = target.open_read(part)
+                    if f is None:
+                        raise TransientError(f"part file {target.path(part)!r} vanished",
+                                             datafile=job.name)
+                    with f:
+                        size, crc = crc_of_file(f)
             check_bytes(job, size, crc)
         if declared_crc is not None and declared_crc != crc:
             raise ChecksumMismatch(
@@ -447,13 +480,6 @@ def verify_and_place(target: TargetFS, part: str, job: FileJob, size: int, crc: 
     except VerificationError:
         target.remove_quietly(part)
         raise
-    if before_place is not None:
-        before_place()
-    with target_errors(target.path(job.rel_path), job.name):
-        target.make_dirs(posixpath.dirname(job.rel_path))
-        target.replace(part, job.rel_path)
-    if target.sync_deferred:
-        target.note_placed(job.rel_path)
     return crc
 
 
@@ -592,7 +618,7 @@ def write_file(target: TargetFS, job: FileJob, *, staging: str = STAGING_NAME,
     try:
         resumed = int(writer.start(chunk))
         resumed += _fetch(writer, job, chunk, reopen)
-        writer.finish()
+        readback = writer.finish(keep_open=True)
     except (VerificationError, TargetUnavailable):  # useless bytes / give the space back
         writer.close()
         target.remove_quietly(part)
@@ -600,7 +626,7 @@ def write_file(target: TargetFS, job: FileJob, *, staging: str = STAGING_NAME,
     finally:
         writer.close()
     crc = verify_and_place(target, part, job, writer.offset, writer.crc, before_place,
-                           crc_known=writer.crc_in_memory)
+                           crc_known=writer.crc_in_memory, readback=readback)
     return FileResult(job.datafile_id, job.rel_path, writer.offset,
                       time.monotonic() - started, crc, resumed=resumed, fetched=writer.fetched)
 

@@ -106,8 +106,11 @@ class TargetFS:
     #: (`transfer.synced_once`): the part writer then only starts the writeback.
     sync_deferred: bool = False
 
-    def note_placed(self, rel: str) -> None:
-        """A file placed while `sync_deferred`: `sync` makes it durable."""
+    def note_placed(self, rel: str, handle: IO[bytes] | None = None) -> None:
+        """A file placed while `sync_deferred`: `sync` makes it durable. `handle`: the placed
+        file, still open (the part writer's), which the target takes over and closes."""
+        if handle is not None:
+            handle.close()
 
     def sync(self) -> None:
         """Make every file noted by `note_placed` durable. Only targets that can batch it
@@ -149,6 +152,12 @@ class TargetFS:
     def replace(self, src: str, dst: str) -> None:
         """Rename `src` over `dst` in one step; refused if `dst` is not a regular file."""
         raise NotImplementedError
+
+    def place(self, src: str, dst: str) -> None:
+        """`replace`, after making `dst`'s directories (a user may have removed them since the
+        download began: placement makes them again, so only this file's attempt is affected)."""
+        self.make_dirs(posixpath.dirname(dst))
+        self.replace(src, dst)
 
     def remove(self, rel: str) -> None:
         """Unlink a file (a link itself, never its target); nothing if absent."""

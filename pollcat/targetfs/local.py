@@ -29,6 +29,7 @@ from pollcat.targetfs.base import (
 )
 from pollcat.targetfs.dircache import DirCache
 from pollcat.targetfs.errmap import target_error, target_errors
+from pollcat.targetfs.syncahead import SyncAhead
 
 SYNC_THREADS = 8
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -71,7 +72,9 @@ class LocalTarget(TargetFS):
         self._dirs = DirCache()
         self._root_checked = float("-inf")  # when the root path last named the kept root fd
         self._placed: list[str] = []  # placed without fsync, for `sync`
+        self._placed_dirs: set[str] = set()  # their directories, for `sync`
         self._placed_lock = threading.Lock()
+        self._ahead = SyncAhead(SYNC_THREADS)
         weakref.finalize(self, self._dirs.close)
 
     def _open_root(self, create: bool) -> int:
@@ -284,10 +287,10 @@ class LocalTarget(TargetFS):
         fd = self._open_file(rel, _APPEND_FLAGS, 0, "a part file")
         return None if fd is None else os.fdopen(fd, "ab", buffering=_BUFFER)
 
-    def replace(self, src: str, dst: str) -> None:
+    def replace(self, src: str, dst: str, *, make_parent: bool = False) -> None:
         src_dir, src_name = posixpath.split(src)
         dst_dir, dst_name = posixpath.split(dst)
-        with self._dir(src_dir) as s_fd, self._dir(dst_dir) as d_fd, \
+        with self._dir(src_dir) as s_fd, self._dir(dst_dir, create=make_parent) as d_fd, \
                 target_errors(self.path(dst)):
             try:
                 found = os.stat(dst_name, dir_fd=d_fd, follow_symlinks=False)
@@ -298,6 +301,11 @@ class LocalTarget(TargetFS):
             if found is not None and not stat.S_ISREG(found.st_mode):
                 raise unsafe(self.path(dst), kind_of(found.st_mode), "a file")
             os.replace(src_name, dst_name, src_dir_fd=s_fd, dst_dir_fd=d_fd)
+
+    def place(self, src: str, dst: str) -> None:
+        """One walk to the destination, making what is missing (not a walk to make it and
+        another to rename into it: one file of thousands costs both)."""
+        self.replace(src, dst, make_parent=True)
 
     def remove(self, rel: str) -> None:
         parent, name = posixpath.split(rel)
@@ -328,18 +336,29 @@ class LocalTarget(TargetFS):
         with self._dir(parent) as fd, target_errors(self.path(rel)):
             os.link(src_path, name, dst_dir_fd=fd, follow_symlinks=False)
 
-    def note_placed(self, rel: str) -> None:
+    def note_placed(self, rel: str, handle: IO[bytes] | None = None) -> None:
+        with self._placed_lock:
+            self._placed_dirs.add(posixpath.dirname(rel))
+        if handle is not None and self._ahead.offer(rel, handle):
+            return
+        if handle is not None:
+            handle.close()
         with self._placed_lock:
             self._placed.append(rel)
 
     def sync(self) -> None:
         """fsync every file placed since the last sync, and their directories, on a few
         threads at once (the filesystem groups concurrent fsyncs into few journal commits).
-        Not `syncfs`: that would also wait for every other writer's dirty data on a shared
-        filesystem."""
+        Most files were fsynced meanwhile through the descriptors handed over (`SyncAhead`);
+        the rest are opened again here. Not `syncfs`: that would also wait for every other
+        writer's dirty data on a shared filesystem."""
+        failed = self._ahead.drain()
+        if failed:
+            rel, exc = failed[0]
+            raise target_error(exc, self.path(rel)) from exc
         with self._placed_lock:
             files, self._placed = self._placed, []
-        dirs = sorted({posixpath.dirname(rel) for rel in files})
+            dirs, self._placed_dirs = sorted(self._placed_dirs), set()
         with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="pollcat-sync") as pool:
             for _ in pool.map(self._fsync_file, files):
                 pass

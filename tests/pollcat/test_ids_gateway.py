@@ -301,3 +301,21 @@ def test_only_a_get_is_tried_again_after_a_broken_connection():
     with pytest.raises(ProtocolError):
         STALE_CONNECTION_RETRY.increment("POST", "/ids/prepareData", error=error)
     assert not STALE_CONNECTION_RETRY.is_retry("GET", 503, False)  # an answer is final
+
+
+def test_a_closed_host_pool_is_not_used_again(sim, gateway):
+    """The opener keeps the host's pool instead of asking the manager per request; a pool
+    closed meanwhile is looked up again, and `close()` forgets the kept ones."""
+    gateway.version()
+    kept = next(iter(gateway._opener._hosts.values()))
+    before = kept.num_requests
+    gateway.version()
+    assert kept.num_requests == before + 1  # the kept pool served it
+    gateway._opener._pool.clear()  # the manager forgets it (evicted: urllib3 < 2 closed it)
+    kept.close()
+    assert gateway.version() == "2.1.1"
+    again = next(iter(gateway._opener._hosts.values()))
+    assert again is not kept and again.pool is not None
+    gateway.close()
+    assert not gateway._opener._hosts
+    assert gateway.version() == "2.1.1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import zlib
 from types import SimpleNamespace
 
@@ -106,20 +107,24 @@ def test_a_full_disk_during_an_overlapped_write_removes_the_part(tmp_path):
     assert not (tmp_path / "alice/dl/ds/big.raw").exists()
 
 
-def test_a_part_changed_after_streaming_is_not_placed(tmp_path):
-    """The decisive CRC32 is still read back from the part file just before the rename."""
+def test_a_part_changed_after_streaming_is_not_placed(tmp_path, monkeypatch):
+    """The decisive CRC32 is still read back from the part file just before the rename (through
+    the part writer's descriptor: a change made through another one is seen)."""
+    from pollcat import transfer
     from pollcat.errors import ChecksumMismatch
 
-    class Scribbled(LocalTarget):
-        def open_read(self, rel):
-            if rel.endswith(".pollcat-part") and (tmp_path / rel).exists():
-                with open(tmp_path / rel, "r+b") as f:
-                    f.seek(4_000_000)
-                    f.write(b"\0" * 8)
-            return super().open_read(rel)
+    real = transfer.crc_of_file
 
+    def scribbled_first(f):
+        for part in tmp_path.rglob("*.pollcat-part"):
+            with open(part, "r+b") as other:
+                other.seek(4_000_000)
+                other.write(b"\0" * 8)
+        return real(f)
+
+    monkeypatch.setattr(transfer, "crc_of_file", scribbled_first)
     with pytest.raises(ChecksumMismatch):
-        write_file(Scribbled(str(tmp_path)), big_job(Server(BIG)))
+        write_file(LocalTarget(str(tmp_path)), big_job(Server(BIG)))
     assert not (tmp_path / "alice/dl/ds/big.raw").exists()
 
 
@@ -141,22 +146,74 @@ class CountingTarget(LocalTarget):
         super().sync()
 
 
-def test_a_batch_is_synced_once_instead_of_an_fsync_per_file(tmp_path, monkeypatch):
-    fsyncs = []
+def _recording_fsync(monkeypatch) -> list[tuple[str, int]]:
+    """(thread name, inode) of every fsync from now on."""
+    fsyncs: list[tuple[str, int]] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
-    target = CountingTarget(str(tmp_path), fsyncs=fsyncs)
-    data = [os.urandom(1000 + i) for i in range(5)]
+
+    def fsync(fd):
+        fsyncs.append((threading.current_thread().name, os.fstat(fd).st_ino))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return fsyncs
+
+
+def _batch(target, tmp_path, n):
+    data = [os.urandom(1000 + i) for i in range(n)]
     jobs = [FileJob(i, f"f{i}", f"alice/dl/ds/f{i}", len(d), hexcrc(d), Server(d))
             for i, d in enumerate(data)]
     results = run_file_jobs(target, jobs, lambda j: write_file(
         target, j, staging="alice/dl/.pollcat"), concurrency=3)
-    assert all(isinstance(r, FileResult) for r in results)
-    assert target.syncs == 1 and not target.sync_deferred
-    assert target.fsyncs_before_sync == 0  # none while the files were written
-    assert len(fsyncs) == 5 + 1  # then every placed file and their directory, once
+    assert all(isinstance(r, FileResult) for r in results), results
     for i, d in enumerate(data):
         assert (tmp_path / f"alice/dl/ds/f{i}").read_bytes() == d
+    return data
+
+
+def test_a_batch_is_synced_once_instead_of_an_fsync_per_file(tmp_path, monkeypatch):
+    """No worker waits for an fsync: each placed file is fsynced once, through the part writer's
+    descriptor, on the target's sync threads while the batch goes on; the batch's one sync waits
+    for them and adds the directory."""
+    fsyncs = _recording_fsync(monkeypatch)
+    target = CountingTarget(str(tmp_path), fsyncs=fsyncs)
+    _batch(target, tmp_path, 5)
+    assert target.syncs == 1 and not target.sync_deferred
+    assert all(name.startswith("pollcat-sync") for name, _ in fsyncs), fsyncs
+    files = {os.stat(tmp_path / f"alice/dl/ds/f{i}").st_ino for i in range(5)}
+    directory = os.stat(tmp_path / "alice/dl/ds").st_ino
+    assert sorted(ino for _, ino in fsyncs) == sorted(files | {directory})
+
+
+def test_beyond_the_limit_placed_files_are_fsynced_by_name_at_the_end(tmp_path, monkeypatch):
+    """A slow disk cannot make pollcat hold a descriptor per placed file: past the limit the
+    descriptor is closed at once and the file is opened again for the batch's sync."""
+    fsyncs = _recording_fsync(monkeypatch)
+    target = CountingTarget(str(tmp_path), fsyncs=fsyncs)
+    target._ahead.limit = 0
+    opened = []
+    real = target.open_read
+    target.open_read = lambda rel: opened.append(rel) or real(rel)
+    _batch(target, tmp_path, 4)
+    assert sorted(opened) == [f"alice/dl/ds/f{i}" for i in range(4)]
+    assert len(fsyncs) == 4 + 1
+
+
+def test_a_failed_fsync_ahead_fails_the_batchs_sync_with_the_files_name(tmp_path, monkeypatch):
+    """An fsync error is never retried into a false success (after EIO the kernel may report
+    the pages clean): the batch's sync raises it, and no manifest follows."""
+    from pollcat.errors import TransientError
+
+    real_fsync = os.fsync
+
+    def failing(fd):
+        if threading.current_thread().name.startswith("pollcat-sync"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", failing)
+    target = LocalTarget(str(tmp_path))
+    with pytest.raises(TransientError, match=r"Input/output.*big\.raw|big\.raw.*Input/output"), \
+            synced_once(target):
+        write_file(target, big_job(Server(BIG)))
 
 
 def test_a_failed_sync_is_raised_as_the_targets_error(tmp_path):
