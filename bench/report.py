@@ -30,13 +30,21 @@ ANALYSIS = """
   thresholds once per process (32 MiB, 64 MiB) so chunks reuse freed heap: under 3,500
   faults, system time 0.71–0.76 s → 0.37–0.45 s, that sweep 1.04 s → 0.80 s, peak RSS of the
   process 103 → 130 MB.
-- **Many files in one download.** The bytes are not the cost: pollcat spends about 1 ms of
-  user CPU per file (2.1 s a round of 2,000; curl's 40 processes 0.45 s), about 40 % of it
-  the getData request through python-icat, urllib3 and http.client, most of the rest the
-  no-follow target layer. The GIL is held for about 1.6 s of a round, so the two cores are the
-  limit: in one slow hour a round cost the simulator 3.2–3.6 CPU-s, and the kernel (the
-  page-cache copy, ext4 creating the files) 2.5–4 s for pollcat and 2.6–3.3 s for curl
-  (`getrusage`).
+- **Many files in one download.** The bytes are not the cost: pollcat spent about 1 ms of
+  user CPU per file (2.1 s a round of 2,000; curl's 40 processes 0.45 s), about 45 % of it
+  the getData request through python-icat, urllib3 and http.client (http.client's header
+  parsing alone 11 %), most of the rest the no-follow target layer. The two cores are the
+  limit: a round costs the simulator 2.5–3.6 CPU-s on its one thread, and the kernel (the
+  page-cache copy, ext4 creating the files) 1.1–4 s for pollcat and 0.8–3.3 s for curl
+  (`getrusage`), depending on the hour.
+  Since 2026-12-01 a file costs 32 system calls (`strace`) instead of 43, plus about 9 that
+  the final batch of fsyncs spent opening it again:
+  the part writer's own descriptor is read back for the CRC32 and handed to a few sync
+  threads that fsync it while the next files arrive (`targetfs/syncahead.py`, at most 64
+  waiting), placement makes and enters the destination in one walk (`TargetFS.place`), and
+  the getData opener keeps its host's urllib3 pool (the manager parsed every URL). Six
+  alternating rounds in one process, old code against new: median 5.14 s against 3.87 s,
+  user CPU 2.10 s against 1.46 s.
   Every system call hands the GIL to another of the transfer threads (a futex wake
   and wait each): an `lstat` per path component made 65 `stat` calls per file, so local
   targets now resolve each directory in one `openat2` (27 per file left, mostly `fstat` of
@@ -45,11 +53,10 @@ ANALYSIS = """
   placement is three `lstat`s in one directory walk (`TargetFS.lstat_all`) instead of a
   listing and a read (10–20 % of the CPU before).
   In the kernel, a fifth of pollcat's CPU is copying the bytes into the page cache
-  (`copy_folio_from_iter_atomic`, `perf`), as for curl. Per-file fsyncs are gone (one
-  concurrent batch of fsyncs before the manifest) and getData connections are kept alive;
-  starting each file's fsync in the background as it is placed took the final batch from
-  0.3 s to 7 ms but made no round shorter (4.81 s against 4.73 s, 6 rounds each), so it was
-  not kept.
+  (`copy_folio_from_iter_atomic`, `perf`), as for curl; on this VM that copy runs at 0.3 to
+  8 GB/s depending on whether the guest's free memory is still backed by the host, so it
+  decides which rounds are slow, for curl and pollcat alike. Per-file fsyncs in the workers
+  are gone and getData connections are kept alive.
   The rounds keep what they wrote until the last one: `perf` showed a quarter of pollcat's
   CPU in ext4's inode allocator (`find_inode_bit`, `recently_deleted`), which skips, one by
   one, every inode deleted in the block group in the last 60 s (360 s while its table block
