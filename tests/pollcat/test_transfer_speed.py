@@ -312,3 +312,28 @@ def test_pending_after_id_starts_the_keyset_paging_there():
     assert "and download.id > 41 order by download.id asc" in asked[0]
     assert "download.status" in asked[0] and "download.status" not in asked[1]
     assert "and download.id > 0 order by download.id asc" in asked[1]
+
+
+# --- early writeback ------------------------------------------------------------------------
+
+
+def test_writeback_keeps_depth_windows_in_flight_and_no_more(monkeypatch):
+    """Each full window's writeback starts at once; the window `depth` back is waited for, so
+    the disk has a queue to work on while dirty memory stays bounded at depth + 1 windows."""
+    from pollcat.targetfs import writeback
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(writeback, "_sync_file_range",
+                        lambda fd, off, n, flags: calls.append((off, n, flags)))
+    w = writeback.Writeback(fd=99, window=10, depth=3)
+    for offset in [*range(0, 100, 7), 100]:  # writes of 7 bytes: windows end mid-write
+        w.advance(offset)
+    started = [off for off, n, flags in calls if flags == writeback.WRITE]
+    waited = [off for off, n, flags in calls if flags & writeback.WAIT_AFTER]
+    assert started == list(range(0, 100, 10))  # every full window, once, in order
+    assert waited == list(range(0, 70, 10))  # each 3 windows behind the newest started
+    in_flight = 0
+    for _, _, flags in calls:
+        in_flight += 1 if flags == writeback.WRITE else -1
+        assert in_flight <= 3 + 1
+    assert all(n == 10 for _, n, _ in calls)
