@@ -14,7 +14,9 @@ ANALYSIS = """
 
 - **One large file.** pollcat reads on one thread and writes 256 KiB slices on another
   (`pollcat/overlap.py`), starts the writeback of every 8 MiB window as it is written and waits
-  for the window before (`sync_file_range`), so the final fsync takes milliseconds; the CRC32
+  for the window 8 back (`sync_file_range`: the disk has a queue of up to 72 MiB; waiting for
+  the window just before wrote 1 GiB at 1.72–1.83 GB/s, this at 2.24–2.30 GB/s, one final
+  fsync of it all at 1.58–1.61 GB/s), so the final fsync takes milliseconds; the CRC32
   that decides placement is still re-read from the part file just before the rename, with
   ISA-L's CRC32 (`isal`), which takes about 0.1 s for 1 GiB instead of 0.4 s. What is left is
   the kernel copying the bytes into the page cache: `perf` puts 74 % of pollcat's CPU in
@@ -167,7 +169,9 @@ def render(r: dict) -> str:
     out += [f"| {a} | {b} | {c} | {d} | {e} | {_ok(ok)} |" for a, b, c, d, e, ok in rows]
     out += [
         "", "Ratios are pollcat's rate over the peer's (for times: the peer's time over "
-        "pollcat's), so 1.0 is parity and above 1 is faster than the peer.", "",
+        "pollcat's), so 1.0 is parity and above 1 is faster than the peer.", ""]
+    out += every_run(_kept_runs())
+    out += [
         "## The physical limits, same run", "",
         "| limit | figure |", "|---|---|",
         f"| disk: `dd bs=1M count=1024 conv=fdatasync` | {lim['dd_fdatasync_1GiB_MBps']:,} MB/s |",
@@ -224,6 +228,52 @@ def render(r: dict) -> str:
         f"1 GiB getData {sim['curl_1GiB_MBps']:,} MB/s; 100 concurrent getData streams "
         f"{sim['concurrent_100_streams_MBps']} MB/s aggregate.", ""]
     return "\n".join(out) + ANALYSIS + STATIC
+
+
+#: (column, summary key, goal test) of the table of every kept run
+RUN_COLUMNS = [
+    ("1 GiB / `curl -o`", "one 1 GiB file: pollcat / curl -o", lambda v: v >= 0.95),
+    ("1 GiB / `curl -o; fsync`", "one 1 GiB file: pollcat / (curl -o; fsync)",
+     lambda v: v >= 0.95),
+    ("2,000 files", "2,000 x 256 KiB: curl time / pollcat time", lambda v: v >= 0.8),
+    ("zip / direct", "prepared-zip / direct", lambda v: v >= 0.9),
+    ("1,000 ready, s", "1,000 ready downloads: pollcat s", lambda v: v <= 30),
+    ("1,000 pending, s", "1,000 pending downloads, 60 s budget: sweep s", lambda v: v <= 90),
+    ("history", "history: sweep with / without", lambda v: v <= 2),
+    ("RSS, MB", "peak RSS delivering 4 GiB, MB", lambda v: v <= 300),
+]
+
+
+def _kept_runs() -> list[dict]:
+    folder = ROOT / "bench" / "results" / "runs"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def every_run(runs: list[dict]) -> list[str]:
+    """One row per kept full run (`bench/results/runs/`), and how often each goal was met:
+    what one run on a shared machine cannot say."""
+    if not runs:
+        return []
+    head = "| run (UTC) | code | `dd` MB/s | " + " | ".join(c for c, _, _ in RUN_COLUMNS) + " |"
+    out = ["## Every kept run", "",
+           "Each full `make bench` run keeps its summary in `bench/results/runs/`; the code is "
+           "the commit measured. A figure that misses its goal is in italics.", "",
+           head, "|" + "---|" * (len(RUN_COLUMNS) + 3)]
+    met = [0] * len(RUN_COLUMNS)
+    for run in runs:
+        cells = []
+        for i, (_, key, ok) in enumerate(RUN_COLUMNS):
+            value = run["summary"].get(key)
+            if value is None:
+                cells.append("–")
+                continue
+            met[i] += bool(ok(value))
+            cells.append(f"{value}" if ok(value) else f"*{value}*")
+        when = run["when"][:16].replace("T", " ")
+        out.append(f"| {when} | {run.get('commit', '?')} | "
+                   f"{run['limits']['dd_fdatasync_1GiB_MBps']:,} | " + " | ".join(cells) + " |")
+    out.append("| goal met | | | " + " | ".join(f"{n} of {len(runs)}" for n in met) + " |")
+    return out + [""]
 
 
 def main(path: str | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,9 +40,33 @@ def summary(out: dict) -> dict:
     }
 
 
+def commit() -> str:
+    """The code measured: `git`'s short commit, `+changes` when the tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=root, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if changed.strip() else "")
+
+
+def keep_run(out: dict, folder: Path) -> Path:
+    """One small file per full run (`bench/results/runs/`): one run on a shared machine says
+    little, the report's table of every run says more."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (out["when"].replace(":", "").replace("+0000", "Z") + ".json")
+    kept = {k: out[k] for k in ("when", "commit", "machine", "limits", "summary")}
+    path.write_text(json.dumps(kept, indent=1) + "\n")
+    return path
+
+
 def main(scale: float = 1.0) -> None:
     settle_filesystem()
-    out: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    out: dict = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+                 "commit": commit()}
     out["limits"] = limits.main()
     out["throughput_1GiB"] = throughput.main(int((1 << 30) * scale))
     out["many"] = many.main(scale)
@@ -55,6 +80,8 @@ def main(scale: float = 1.0) -> None:
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out["summary"], indent=1))
     print(f"written {path}")
+    if scale == 1:
+        print(f"written {keep_run(out, path.parent / 'runs')}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""The benchmark report's table of every kept run: misses marked, goals counted."""
+
+from __future__ import annotations
+
+import json
+
+from bench import run
+from bench.report import RUN_COLUMNS, every_run
+
+
+def _run(when: str, ratio_many: float, ready_s: float) -> dict:
+    summary = {key: 1.0 for _, key, _ in RUN_COLUMNS}
+    summary["2,000 x 256 KiB: curl time / pollcat time"] = ratio_many
+    summary["1,000 ready downloads: pollcat s"] = ready_s
+    summary["1,000 pending downloads, 60 s budget: sweep s"] = 61.0
+    summary["peak RSS delivering 4 GiB, MB"] = 76.0
+    return {"when": when, "commit": "abc1234", "limits": {"dd_fdatasync_1GiB_MBps": 900.0},
+            "summary": summary}
+
+
+def test_every_run_marks_misses_and_counts_the_goals_met():
+    lines = every_run([_run("2026-12-01T02:58:00+00:00", 0.83, 15.0),
+                       _run("2026-12-01T06:17:00+00:00", 0.74, 31.0)])
+    rows = [line for line in lines if line.startswith("| 2026")]
+    assert len(rows) == 2
+    assert "| 0.83 |" in rows[0] and "| *0.74* |" in rows[1] and "| *31.0* |" in rows[1]
+    goals = next(line for line in lines if line.startswith("| goal met"))
+    cells = [c.strip() for c in goals.strip("|").split("|")][3:]
+    counts = dict(zip([c for c, _, _ in RUN_COLUMNS], cells, strict=True))
+    assert counts["2,000 files"] == "1 of 2" and counts["1,000 ready, s"] == "1 of 2"
+    assert counts["zip / direct"] == "2 of 2"
+
+
+def test_no_kept_run_adds_no_section():
+    assert every_run([]) == []
+
+
+def test_a_full_run_keeps_its_summary_under_its_time(tmp_path):
+    out = {**_run("2026-12-01T06:17:41+00:00", 0.9, 12.0), "machine": "x", "other": [1] * 9}
+    path = run.keep_run(out, tmp_path / "runs")
+    assert path.name == "2026-12-01T061741Z.json"
+    kept = json.loads(path.read_text())
+    assert set(kept) == {"when", "commit", "machine", "limits", "summary"}
+    assert kept["summary"] == out["summary"]
