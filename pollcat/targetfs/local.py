@@ -337,14 +337,13 @@ class LocalTarget(TargetFS):
             os.link(src_path, name, dst_dir_fd=fd, follow_symlinks=False)
 
     def note_placed(self, rel: str, handle: IO[bytes] | None = None) -> None:
-        with self._placed_lock:
-            self._placed_dirs.add(posixpath.dirname(rel))
-        if handle is not None and self._ahead.offer(rel, handle):
-            return
-        if handle is not None:
+        ahead = handle is not None and self._ahead.offer(rel, handle)
+        if handle is not None and not ahead:
             handle.close()
         with self._placed_lock:
-            self._placed.append(rel)
+            self._placed_dirs.add(posixpath.dirname(rel))
+            if not ahead:  # fsynced by name in `sync`
+                self._placed.append(rel)
 
     def sync(self) -> None:
         """fsync every file placed since the last sync, and their directories, on a few
