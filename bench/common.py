@@ -26,6 +26,39 @@ import yaml
 RECENT_DELETE_WINDOW_S = 61
 
 
+# This VM's balloon device reports free memory to the host (VIRTIO_BALLOON_F_REPORTING): the
+# guest kernel hands a freed 2 MiB block to the host 2 s after it was freed
+# (`page_reporting_delay` in mm/page_reporting.c), the host drops its backing, and the next
+# write into that memory faults on the host. `dd` writing 1 GiB into the page cache ran at
+# 5.1-5.6 GB/s up to 1.5 s after 1.3 GiB had been freed and at 0.64-0.68 GB/s from 2 s on
+# (2026-12-01). A timed round therefore depends on how long ago memory was freed: in the runs
+# before, `curl -o` started just after pollcat's round had deleted its 1 GiB and pollcat after
+# seconds of set-up, so only pollcat paid the host. Each large round now starts in the same
+# state as its peer: `just_freed_memory` before both, or both after `IDLE_MEMORY_S`.
+PAGE_REPORTING_DELAY_S = 2.0
+IDLE_MEMORY_S = PAGE_REPORTING_DELAY_S + 1.5
+
+
+def just_freed_memory(nbytes: int, folder: Path) -> None:
+    """Write `nbytes` to a file and delete it, so the round that follows at once writes into
+    memory the guest still backs (see PAGE_REPORTING_DELAY_S): the state of a host without a
+    reporting balloon."""
+    path = folder / ".pollcat-bench-warm"
+    chunk = b"\1" * (1 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(-(-nbytes // len(chunk))):
+            os.write(fd, chunk)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def idle_memory() -> None:
+    """Let every freed block be reported to the host: the state of memory after a pause."""
+    time.sleep(IDLE_MEMORY_S)
+
+
 def settle_filesystem() -> None:
     """Write every dirty block out and wait out ext4's recently-deleted window, so deletions
     made before the benchmark do not weigh on its first measures."""

@@ -28,6 +28,9 @@ def summary(out: dict) -> dict:
     return {
         "one 1 GiB file: pollcat / curl -o": t["median_ratio"],
         "one 1 GiB file: pollcat / (curl -o; fsync)": t.get("median_ratio_to_curl_fsync"),
+        "one 1 GiB file, idle memory: pollcat / curl -o": t["idle_memory"]["median_ratio"],
+        "one 1 GiB file, idle memory: pollcat / (curl -o; fsync)":
+            t["idle_memory"]["median_ratio_to_curl_fsync"],
         "disk limit, dd conv=fdatasync MB/s": out["limits"]["dd_fdatasync_1GiB_MBps"],
         "2,000 x 256 KiB: curl time / pollcat time": m["files_in_one"]["ratio"],
         "1,000 ready downloads: pollcat s": m["ready_downloads"]["median_pollcat_s"],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import curl_speed, login, sim_process
+from bench.common import curl_speed, idle_memory, just_freed_memory, login, sim_process
 
 GIB = 1 << 30
 
@@ -62,46 +62,73 @@ def _pollcat_once(url: str, work: Path, size: int, checksum: str, n: int):
     return out, wall
 
 
+def _curl_durable(get_url: str, out: Path, size: int) -> tuple[float, float]:
+    """(`curl -o` MB/s, `curl -o; fsync` MB/s) of one round."""
+    t0 = time.monotonic()
+    bps, nbytes = curl_speed(get_url, str(out))
+    fd = os.open(out, os.O_RDONLY)  # the same durability as pollcat's delivery
+    os.fsync(fd)
+    os.close(fd)
+    synced = size / (time.monotonic() - t0) / 1e6
+    assert nbytes == size
+    out.unlink()
+    return bps / 1e6, synced
+
+
+def _medians(curl: list, synced: list, moved: list) -> dict:
+    return {"curl_o_MBps": [round(x, 1) for x in curl],
+            "curl_o_fsync_MBps": [round(x, 1) for x in synced],
+            "pollcat_MBps": [round(x, 1) for x in moved],
+            "median_ratio": round(statistics.median(moved) / statistics.median(curl), 2),
+            "median_ratio_to_curl_fsync": round(statistics.median(moved)
+                                                / statistics.median(synced), 2)}
+
+
 def main(size: int = GIB, rounds: int = 3) -> dict:
-    """Alternate curl and pollcat `rounds` times against one simulator; report medians."""
+    """Alternate curl and pollcat `rounds` times against one simulator; report medians.
+
+    Every round of either writes into memory just freed (`just_freed_memory`); a second set of
+    rounds starts each writer after `idle_memory`, the state where this VM's host must back
+    every page again (bench/common.py), so both states are measured for both writers."""
     work = Path(tempfile.mkdtemp(prefix="pollcat-tput-"))
     curl, moved, walls, null, synced = [], [], [], [], []
+    idle_curl, idle_synced, idle_moved = [], [], []
     with sim_process(scenario(size)) as (url, _startup):
         sid = login(url, "pollcat", "pollpass")
         rows = requests.get(f"{url}/icat/entityManager", params={
             "sessionId": sid, "query": "SELECT df FROM Datafile df"}, timeout=30).json()
         df = rows[0]["Datafile"]
         get_url = f"{url}/ids/getData?sessionId={sid}&datafileIds={df['id']}"
+        room = size + size // 8
         for n in range(rounds):
-            curl_out = work / "curl.raw"
-            t0 = time.monotonic()
-            bps, nbytes = curl_speed(get_url, str(curl_out))
-            fd = os.open(curl_out, os.O_RDONLY)  # the same durability as pollcat's delivery
-            os.fsync(fd)
-            os.close(fd)
-            synced.append(size / (time.monotonic() - t0) / 1e6)
-            assert nbytes == size
-            curl_out.unlink()
-            curl.append(bps / 1e6)
+            just_freed_memory(room, work)
+            plain, durable = _curl_durable(get_url, work / "curl.raw", size)
+            curl.append(plain)
+            synced.append(durable)
             null.append(curl_speed(get_url)[0] / 1e6)
+            just_freed_memory(room, work)
             out, wall = _pollcat_once(url, work, size, df["checksum"], n)
             moved.append(out.mb_per_s)
             walls.append(wall)
+        for n in range(rounds):
+            idle_memory()
+            plain, durable = _curl_durable(get_url, work / "curl.raw", size)
+            idle_curl.append(plain)
+            idle_synced.append(durable)
+            idle_memory()
+            idle_moved.append(_pollcat_once(url, work, size, df["checksum"], rounds + n)[0]
+                              .mb_per_s)
     shutil.rmtree(work, ignore_errors=True)
     result = {
         "bytes": size, "rounds": rounds,
-        "curl_o_MBps": [round(x, 1) for x in curl],
-        "pollcat_MBps": [round(x, 1) for x in moved],
+        **_medians(curl, synced, moved),
         "pollcat_sweep_wall_s": [round(x, 2) for x in walls],
         "median_curl_o_MBps": round(statistics.median(curl), 1),
         "median_pollcat_MBps": round(statistics.median(moved), 1),
-        "median_ratio": round(statistics.median(moved) / statistics.median(curl), 2),
         "curl_dev_null_MBps": [round(x, 1) for x in null],
         "median_curl_dev_null_MBps": round(statistics.median(null), 1),
-        "curl_o_fsync_MBps": [round(x, 1) for x in synced],
         "median_curl_o_fsync_MBps": round(statistics.median(synced), 1),
-        "median_ratio_to_curl_fsync": round(statistics.median(moved)
-                                            / statistics.median(synced), 2),
+        "idle_memory": _medians(idle_curl, idle_synced, idle_moved),
     }
     print(json.dumps(result, indent=1))
     return result

@@ -42,3 +42,35 @@ def test_a_full_run_keeps_its_summary_under_its_time(tmp_path):
     kept = json.loads(path.read_text())
     assert set(kept) == {"when", "commit", "machine", "limits", "summary"}
     assert kept["summary"] == out["summary"]
+
+
+def _latest() -> dict:
+    from bench.report import ROOT
+
+    return json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+
+
+def test_idle_memory_rounds_get_their_own_goal_rows_and_table():
+    from bench.report import render
+
+    r = _latest()
+    r["throughput_1GiB"]["idle_memory"] = {
+        "curl_o_MBps": [1000.0, 900.0, 1100.0], "curl_o_fsync_MBps": [600.0, 500.0, 700.0],
+        "pollcat_MBps": [800.0, 700.0, 900.0], "median_ratio": 0.8,
+        "median_ratio_to_curl_fsync": 1.33}
+    text = render(r)
+    plain = next(line for line in text.splitlines()
+                 if line.startswith("| the same, each writer starting on idle memory"))
+    assert "| 800.0 MB/s | `curl -o` 1,000.0 MB/s | 0.8 | ≥ 0.95 | **not met** |" in plain
+    durable = next(line for line in text.splitlines()
+                   if line.startswith("| the same, idle memory, against"))
+    assert durable.endswith("| 1.33 | ≥ 0.95 | met |")
+    assert "| 2 | 900.0 | 500.0 | 700.0 |" in text
+
+
+def test_a_run_from_before_the_idle_rounds_still_renders():
+    from bench.report import render
+
+    r = _latest()
+    r["throughput_1GiB"].pop("idle_memory", None)
+    assert "idle memory (see below)" not in render(r)

@@ -107,6 +107,28 @@ def test_a_full_disk_during_an_overlapped_write_removes_the_part(tmp_path):
     assert not (tmp_path / "alice/dl/ds/big.raw").exists()
 
 
+def test_bytes_reach_the_part_file_in_write_calls_of_at_most_128_kib(tmp_path):
+    """Large write calls stall in the page-cache copy on a VM whose host must back freed memory
+    again (`transfer.WRITE_SLICE`); every byte still arrives, in order."""
+    sizes: list[int] = []
+
+    class Records(LocalTarget):
+        def create(self, rel):
+            f = super().create(rel)
+            real = f.write
+
+            def write(data):
+                sizes.append(len(data))
+                return real(data)
+
+            f.write = write
+            return f
+
+    write_file(Records(str(tmp_path)), big_job(Server(BIG)))
+    assert sum(sizes) == len(BIG) and max(sizes) == 128 << 10
+    assert (tmp_path / "alice/dl/ds/big.raw").read_bytes() == BIG
+
+
 def test_a_part_changed_after_streaming_is_not_placed(tmp_path, monkeypatch):
     """The decisive CRC32 is still read back from the part file just before the rename (through
     the part writer's descriptor: a change made through another one is seen)."""
