@@ -59,6 +59,17 @@ def idle_memory() -> None:
     time.sleep(IDLE_MEMORY_S)
 
 
+def flush_dirty() -> float:
+    """Seconds to write every dirty page out (`sync`). After a round of curl, which leaves
+    its bytes in the page cache, this is the rest of curl's cost of making them durable; it
+    also keeps the kernel from flushing them during the next round, which is not curl's: one
+    run flushed 1.9 GB of earlier curl rounds while pollcat's round ran, and pollcat's kernel
+    time doubled (1.2 to 2.5 s)."""
+    t0 = time.monotonic()
+    os.sync()
+    return time.monotonic() - t0
+
+
 def settle_filesystem() -> None:
     """Write every dirty block out and wait out ext4's recently-deleted window, so deletions
     made before the benchmark do not weigh on its first measures."""

@@ -33,6 +33,8 @@ def summary(out: dict) -> dict:
             t["idle_memory"]["median_ratio_to_curl_fsync"],
         "disk limit, dd conv=fdatasync MB/s": out["limits"]["dd_fdatasync_1GiB_MBps"],
         "2,000 x 256 KiB: curl time / pollcat time": m["files_in_one"]["ratio"],
+        "2,000 x 256 KiB: (curl; sync) time / pollcat time":
+            m["files_in_one"].get("ratio_to_curl_sync"),
         "1,000 ready downloads: pollcat s": m["ready_downloads"]["median_pollcat_s"],
         "1,000 ready downloads, 16 in parallel: pollcat s":
             m["ready_downloads"].get("median_extra_s"),

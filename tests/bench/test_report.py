@@ -74,3 +74,14 @@ def test_a_run_from_before_the_idle_rounds_still_renders():
     r = _latest()
     r["throughput_1GiB"].pop("idle_memory", None)
     assert "idle memory (see below)" not in render(r)
+
+
+def test_many_files_against_a_durable_curl_gets_its_row():
+    from bench.report import render
+
+    r = _latest()
+    f1 = r["many"]["files_in_one"]
+    f1.update(median_pollcat_s=4.0, curl_sync_s=[3.5, 3.4, 3.6], ratio_to_curl_sync=0.88)
+    row = next(line for line in render(r).splitlines()
+               if line.startswith("| the same, against curl followed by `sync`"))
+    assert row.endswith("| 4.0 s | curl; `sync` 3.50 s | 0.88 | ≥ 0.8 | met |")
