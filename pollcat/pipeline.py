@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from pollcat import logsafe, maintenance, memory
+from pollcat import backoff, logsafe, maintenance, memory
 from pollcat.config import PipelineConfig
 from pollcat.delivery import (
     DeliveryPlan,
@@ -121,14 +120,6 @@ class Outcome:
 Submit = Callable[[Download, str], "Future[Outcome]"]
 
 Hook = Callable[[DeliveryPlan, list[FileResult]], None]
-
-
-def backoff_delays(first: float = 1.0, cap: float = 30.0, jitter: float = 0.3) -> Iterator[float]:
-    """Exponential backoff with jitter: 1, 2, 4, ... capped, each ±30 %."""
-    delay = first
-    while True:
-        yield delay * random.uniform(1 - jitter, 1 + jitter)
-        delay = min(cap, delay * 2)
 
 
 class Pipeline:
@@ -604,7 +595,7 @@ class _Sweep:
         self.stop: ConfigurationError | None = None
 
     def run(self) -> list[Outcome]:
-        delays = backoff_delays(first=min(1.0, max((self.deadline - time.monotonic()) / 8,
+        delays = backoff.jittered(first=min(1.0, max((self.deadline - time.monotonic()) / 8,
                                                    0.05)))
         workers = max(1, min(self.p.cfg.check_concurrency, len(self.pending)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as checks:

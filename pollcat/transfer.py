@@ -34,6 +34,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Protocol, TypeVar
 
+from pollcat import backoff
 from pollcat.crcread import crc32, crc_of_file
 from pollcat.errors import (
     ChecksumMismatch,
@@ -138,7 +139,7 @@ class Reopen:
     max_delay_s: float = 15.0
 
     def delay(self, reopening: int) -> float:
-        return min(self.max_delay_s, self.first_delay_s * 2 ** max(0, reopening - 1))
+        return backoff.exponential(self.first_delay_s, self.max_delay_s, reopening - 1)
 
 
 DEFAULT_REOPEN = Reopen()
