@@ -31,6 +31,17 @@ def test_every_run_marks_misses_and_counts_the_goals_met():
     assert counts["zip / direct"] == "2 of 2"
 
 
+def test_a_measure_a_run_did_not_have_is_counted_over_the_runs_that_had_it():
+    old = _run("2026-12-01T02:58:00+00:00", 0.83, 15.0)
+    del old["summary"]["2,000 x 256 KiB: curl time / pollcat time"]
+    lines = every_run([old, _run("2026-12-01T06:17:00+00:00", 0.74, 12.0)])
+    goals = next(line for line in lines if line.startswith("| goal met"))
+    counts = dict(zip([c for c, _, _ in RUN_COLUMNS],
+                      [c.strip() for c in goals.strip("|").split("|")][3:], strict=True))
+    assert counts["2,000 files"] == "0 of 1" and counts["zip / direct"] == "2 of 2"
+    assert "| – |" in next(line for line in lines if line.startswith("| 2026-12-01 02:58"))
+
+
 def test_no_kept_run_adds_no_section():
     assert every_run([]) == []
 
