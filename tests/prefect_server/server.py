@@ -20,6 +20,10 @@ import httpx
 
 from simfacility.server import free_port
 
+#: what Prefect's own client retries (`prefect.client.base`), and how often
+RETRYABLE_STATUS = frozenset({429, 502, 503})
+API_RETRIES = 5
+
 REPO = Path(__file__).resolve().parents[2]
 # what deploy/systemd/prefect-server.env.example sets besides paths and URLs
 SERVER_ENV = {"PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "pollcat.deployments.event_ordering"}
@@ -136,7 +140,14 @@ class PrefectServer:
             "--limit", str(limit)], **env)
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
-        r = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        """One call of the server's REST API. A 429, 502 or 503 is retried up to 5 times with
+        backoff, as Prefect's own client does: the server answers 503 when its SQLite database
+        is busy, which a CI rehearsal under load met once on a PATCH of a deployment."""
+        for attempt in range(API_RETRIES + 1):
+            r = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+            if r.status_code not in RETRYABLE_STATUS or attempt == API_RETRIES:
+                break
+            time.sleep(min(8.0, 0.5 * 2 ** attempt))
         r.raise_for_status()
         return r
 
