@@ -111,8 +111,9 @@ class TargetConfig(BaseModel):
     access: dict[str, Any] | None = Field(
         default=None,
         description="Accounts, permissions and retention of delivered data (docs/access.md), "
-                    "e.g. {\"accounts\": \"existing\", \"retention_days\": 15}; unset: files "
-                    "stay as the service account writes them.")
+                    "e.g. {\"accounts\": \"existing\", \"retention_days\": 15}; unset: delivered "
+                    "data stays private to the service account (files 0600, directories "
+                    "0700).")
 
     access_helper: dict[str, Any] | None = Field(
         default=None,
@@ -137,6 +138,9 @@ class TargetConfig(BaseModel):
                                      f"'pollcat[globus]' ({exc})") from None
         values = self.globus  # a block holds it as a SecretDict (masked in the UI)
         values = values.get_secret_value() if hasattr(values, "get_secret_value") else values
+        # the CLI puts the client secret in as a SecretStr (from a file or the environment)
+        values = {k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                  for k, v in values.items()}
         try:
             return GlobusSettings(**values)
         except TypeError as exc:
@@ -173,7 +177,8 @@ class TargetConfig(BaseModel):
         self.globus_settings  # noqa: B018 - validated now, not at delivery
         if self.access is not None:
             self.access_policy  # noqa: B018 - validates the policy now, not at delivery
-            remote = urlparse(self.url).scheme not in ("", "file", "local")
+            scheme = urlparse(self.url).scheme
+            remote = scheme not in ("", "file", "local", "s3", "s3a")  # S3: retention_days only
             if remote and self.access_helper is None:
                 raise ConfigurationError(
                     f"{self.url}: an access policy on a remote target needs access_helper, the "

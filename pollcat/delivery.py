@@ -12,7 +12,10 @@ The pipeline calls, in order:
     results = transfer_unless_delivered(plan, prepared_id, clients, facility, total, progress)
 
 `transfer_unless_delivered` renews the claim while it works and releases it at the end, also on
-failure; `plan.release()` releases a plan that is abandoned before the transfer.
+failure; `plan.release()` releases a plan that is abandoned before the transfer. Once the
+manifest is durable, releasing deletes the claim and the staging directory `.pollcat/`: a
+delivered folder holds the user's files and `pollcat-manifest.json`, nothing else of pollcat's
+(see `claim`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from pollcat.claim import DEFAULT_LEASE_S, Claim, ClaimResult, acquire
 from pollcat.config import SourceKind, TargetConfig
 from pollcat.errors import PermanentError, PollcatError, TransientError, UnsafePathError
 from pollcat.facility import FacilityClients
-from pollcat.layout import check_not_reserved, download_template, map_user, render_path
+from pollcat.grants import check_account, target_account
+from pollcat.layout import check_not_reserved, download_template, render_path, shared_levels
 from pollcat.manifest import (
     DeliveryCheck,
     manifest_files,
@@ -92,7 +96,9 @@ def open_download_target(target: TargetConfig) -> tuple[Any, str, TargetFS]:
         options["skip_instance_cache"] = True
     fs, root = url_to_fs(target.url, **options)
     root = root.rstrip("/") or "/"
-    return fs, root, open_target(fs, root)
+    tfs = open_target(fs, root)
+    tfs.traverse_depth = shared_levels(target.layout)  # `alice/` 0711, the download's 0700
+    return fs, root, tfs
 
 
 def plan_delivery(d: Download, target: TargetConfig, facility: str, clients: FacilityClients,
@@ -102,8 +108,11 @@ def plan_delivery(d: Download, target: TargetConfig, facility: str, clients: Fac
 
     `token` names this worker's claim; a delivery restarted after a lost connection passes the
     same token, so its own live claim does not keep it out."""
+    user = target_account(d, target)
+    # the access policy's refusals (system account, uid range, missing account, hold) come
+    # before any byte is written: not even the download's directory is made
+    check_account(target, user, d.id)
     fs, root, tfs = open_download_target(target)
-    user = map_user(d.user_name, target.user_rule, target.user_map)
     fields = {"user": user, "download": d.file_name, "download_id": str(d.id),
               "facility": facility, "transport": d.transport}
     try:
@@ -195,6 +204,7 @@ def _transfer(plan: DeliveryPlan, prepared_id: str, clients: FacilityClients, fa
     manifest = read_manifest(plan.targetfs, plan.download_dir)
     if manifest is not None and manifest.download_id == d.id and manifest.covers(plan.jobs):
         log.info("download %s: manifest present, already delivered", d.id)
+        plan.claim.delivered()  # the manifest names the directory: the claim may go
         return [FileResult(datafile_id=j.datafile_id, rel_path=j.rel_path, bytes=j.size,
                            seconds=0.0, crc32=parse_crc(j.checksum) or 0, skipped=True)
                 for j in plan.jobs]
@@ -231,6 +241,9 @@ def _transfer(plan: DeliveryPlan, prepared_id: str, clients: FacilityClients, fa
     write_manifest(plan.targetfs, plan.download_dir, facility=facility, download_id=d.id,
                    file_name=d.file_name, user=d.user_name, transport=d.transport,
                    files=manifest_files(plan.jobs, plan.download_dir, ok))
+    # the manifest durable (its rename too) before the claim that named the directory goes
+    plan.targetfs.sync_dir(plan.download_dir)
+    plan.claim.delivered()
     return ok
 
 

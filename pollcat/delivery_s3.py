@@ -6,7 +6,8 @@ a multipart upload that is completed only after its size and CRC32 matched ICAT 
 otherwise), so an object under a final key is always verified (`pollcat.s3target`). Two workers
 writing the same download write the same verified objects; the shared SQL ledger's lease keeps
 them apart in the first place. The manifest is one PUT written last, and the user gets a
-presigned URL to it (at most 7 days) as TopCAT's `customValue`.
+presigned URL to it (at most 7 days) as TopCAT's `customValue`. Retention (`pollcat cleanup`)
+removes the objects the manifest lists, then the manifest (`S3Target.remove_delivery`).
 """
 
 from __future__ import annotations
@@ -71,9 +72,14 @@ class ObjectStorePlan:
 
 def deliver_to_object_store(d: Download, target: TargetConfig, facility: str,
                             clients: FacilityClients, prepared_id: str,
-                            on_progress: Callable[[int, int], None] | None = None
+                            on_progress: Callable[[int, int], None] | None = None, *,
+                            on_plan: Callable[[ObjectStorePlan], None] | None = None
                             ) -> tuple[ObjectStorePlan, list[FileResult]]:
-    """Every datafile as a verified object, then the manifest, then a presigned link to it."""
+    """Every datafile as a verified object, then the manifest, then a presigned link to it.
+
+    `on_plan` is told the plan (its download directory) before any byte is sent. Each
+    (re)delivery first aborts the multipart uploads an earlier, killed attempt left under the
+    download's prefix (the SQL ledger's lease means no other worker writes it now)."""
     from pollcat.delivery import plan_jobs, raise_first_failure
     from pollcat.s3target import S3Target
 
@@ -84,6 +90,12 @@ def deliver_to_object_store(d: Download, target: TargetConfig, facility: str,
     plan = ObjectStorePlan(d, target, render_path(download_template(target.layout), fields))
     plan.jobs, plan.infos = plan_jobs(d, target, plan.download_dir, fields, clients,
                                       prepared_id)
+    if on_plan is not None:
+        on_plan(plan)
+    aborted = store.abort_incomplete_uploads(plan.download_dir)
+    if aborted:
+        log.info("download %s: aborted %d incomplete upload(s) of an earlier attempt", d.id,
+                 len(aborted))
     ids = clients.ids_for(d.transport)
     total, done = sum(j.size for j in plan.jobs), [0]
 

@@ -36,6 +36,7 @@ from urllib.parse import quote
 import globus_sdk
 from globus_sdk.transport import RequestsTransport, RetryConfig
 
+from pollcat import logsafe
 from pollcat.errors import (
     ConfigurationError,
     InvalidUserName,
@@ -64,7 +65,9 @@ class TransferCode(StrEnum):
     EXISTS = "Exists"
     LIMIT_EXCEEDED = "LimitExceeded"
     PERMISSION_DENIED = "PermissionDenied"
+    RULE_NOT_FOUND = "AccessRuleNotFound"  # what Globus documents for a deleted rule
     NOT_FOUND = "ClientError.NotFound"
+    ENDPOINT_NOT_FOUND = "EndpointNotFound"
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -182,6 +185,7 @@ class GlobusGrants:
                  auth_client: globus_sdk.AuthClient | None = None,
                  transfer_client: globus_sdk.TransferClient | None = None):
         self.settings = settings
+        logsafe.register_secret(settings.client_secret)  # never in a log line or a reason
         if auth_client is None or transfer_client is None:
             built_auth, built_transfer = _build_clients(settings)
             auth_client = auth_client or built_auth
@@ -282,12 +286,25 @@ class GlobusGrants:
             code=TransferCode.EXISTS)
 
     def revoke(self, rule_id: str, *, download_id: int | None = None) -> bool:
-        """Delete a permission; True if deleted, False if Globus no longer had it (404)."""
+        """Delete a permission; True if deleted, False if Globus no longer had it.
+
+        Any 404 means the rule is gone, and counts as revoked: Globus answers
+        `AccessRuleNotFound` for a rule already deleted (out of band, or by a first DELETE
+        whose answer was lost) and for one dropped at its `expiration_date`; other 404 codes
+        (`ClientError.NotFound`, or `EndpointNotFound` for a collection that no longer exists,
+        taking its rules with it) leave nothing to revoke either. Anything else raises, so a
+        rule still there is never marked revoked."""
         try:
             self.transfer.delete_endpoint_acl_rule(self.settings.collection_id, rule_id)
         except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as err:
-            if _is(err, 404, TransferCode.NOT_FOUND):
-                log.info("download %s: Globus rule %s was already gone", download_id, rule_id)
+            if isinstance(err, globus_sdk.GlobusAPIError) and err.http_status == 404:
+                if err.code == TransferCode.ENDPOINT_NOT_FOUND:
+                    log.warning("download %s: Globus collection %s no longer exists; its rule "
+                                "%s went with it", download_id, self.settings.collection_id,
+                                rule_id)
+                else:
+                    log.info("download %s: Globus rule %s was already gone (%s)",
+                             download_id, rule_id, err.code)
                 return False
             raise _translate(err, GlobusService.TRANSFER, f"deleting rule {rule_id}",
                              download_id) from err

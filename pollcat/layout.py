@@ -182,6 +182,28 @@ def download_template(template: str) -> str:
     return "/".join(kept)
 
 
+def shared_levels(template: str) -> int:
+    """How many directory levels above the download's own directory the layout has: the
+    directories shared by several downloads (`alice/` in `{user}/{download}/...`)."""
+    prefix = download_template(template)
+    return len(prefix.split("/")) - 1 if prefix else 0
+
+
+def user_dirs(template: str, download_dir: str) -> tuple[str, ...]:
+    """The directories between the root and `download_dir` that are its user's own: from the
+    first level whose template component uses `{user}` down to the download's parent
+    (`("alice",)` for `alice/run42` in `{user}/{download}/...`). A level above it (a
+    `{facility}/`) is shared by every user's downloads; none is the user's without `{user}`."""
+    parts = download_template(template).split("/")
+    dirs = download_dir.split("/")
+    if len(parts) != len(dirs):  # not rendered from this layout: she only passes them
+        return ()
+    for level, part in enumerate(parts[:-1]):
+        if "user" in {name for _l, name, _s, _c in string.Formatter().parse(part) if name}:
+            return tuple("/".join(dirs[:i + 1]) for i in range(level, len(parts) - 1))
+    return ()
+
+
 # --- users ----------------------------------------------------------------------------------
 
 
@@ -196,7 +218,8 @@ def _apply_rule(icat_user: str, rule: str) -> str | None:
 
 
 def map_user(icat_user: str, rule: str = "strip-prefix",
-             mapping: Mapping[str, str] | None = None) -> str:
+             mapping: Mapping[str, str] | None = None, *,
+             uid_range: tuple[int, int] | None = None) -> str:
     """The destination account for an ICAT user name.
 
     * an explicit `mapping` entry (ICAT name → account) always wins;
@@ -207,6 +230,10 @@ def map_user(icat_user: str, rule: str = "strip-prefix",
     The result must match ACCOUNT_NAME_RE; nothing is lower-cased or trimmed, because a silently
     altered name could be someone else's account. `uows/12345` or `simple/Alice` therefore need
     a mapping entry. Refusals raise InvalidUserName naming the ICAT user.
+
+    `uid_range` is the target's access policy's `(min_uid, max_uid)` where it has one (see
+    `is_system_account`); the policy's own, stricter check of the resolved account runs before
+    the transfer too (`grants.check_account`).
     """
     if rule not in USER_RULES:
         raise ConfigurationError(f"unknown user rule {rule!r}; known: {', '.join(USER_RULES)}")
@@ -222,7 +249,7 @@ def map_user(icat_user: str, rule: str = "strip-prefix",
             f"ICAT user {icat_user!r} maps to {account!r}, which is not a valid account name "
             f"(must match {ACCOUNT_NAME_RE.pattern}); add it to the user mapping")
     explicit = bool(mapping) and icat_user in mapping  # type: ignore[operator]
-    if not explicit and is_system_account(account):
+    if not explicit and is_system_account(account, uid_range):
         raise InvalidUserName(
             f"ICAT user {icat_user!r} maps to the system account {account!r}; deliver to it "
             "only through an explicit user mapping entry")
@@ -238,8 +265,14 @@ SYSTEM_ACCOUNTS = frozenset({
     "administrator", "pollcat"})
 
 
-def is_system_account(account: str) -> bool:
-    """A well-known system account, or a local account with a system uid (below 1000).
+#: The lowest uid of a person's account on common Linux distributions (login.defs UID_MIN),
+#: for targets without an access policy (a policy's `min_uid`/`max_uid` replace it).
+DEFAULT_MIN_UID = 1000
+
+
+def is_system_account(account: str, uid_range: tuple[int, int] | None = None) -> bool:
+    """A well-known system account, or a local account with a system uid: outside `uid_range`
+    (the access policy's `(min_uid, max_uid)`), or below DEFAULT_MIN_UID without a policy.
 
     Derived names (strip-prefix, keep) never land in such a directory: `simple/root` would
     otherwise be delivered into `root/`, and the same name may be an SSH login elsewhere.
@@ -247,6 +280,9 @@ def is_system_account(account: str) -> bool:
     if account in SYSTEM_ACCOUNTS:
         return True
     try:
-        return pwd.getpwnam(account).pw_uid < 1000
+        uid = pwd.getpwnam(account).pw_uid
     except KeyError:
         return False
+    if uid_range is None:
+        return uid < DEFAULT_MIN_UID
+    return not uid_range[0] <= uid <= uid_range[1]

@@ -60,7 +60,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
 from pollcat.errors import ConfigurationError
-from pollcat.state import LedgerRecord, StateStore, now_iso
+from pollcat.state import LedgerRecord, now_iso
 
 log = logging.getLogger("pollcat.ledger_sql")
 
@@ -171,7 +171,8 @@ def _engine(url: str) -> Engine:
             return sa.create_engine(parsed, pool_pre_ping=True, isolation_level="READ COMMITTED",
                                     pool_size=4, max_overflow=16)
         except (ImportError, sa.exc.NoSuchModuleError) as exc:
-            raise ConfigurationError(f"no driver for {parsed.drivername}: {exc}") from None
+            raise ConfigurationError(f"no driver for {parsed.drivername}: {exc} (psycopg comes "
+                                     "with the sql extra: pip install 'pollcat[sql]')") from None
     if backend == "sqlite":
         return _sqlite_engine(parsed)
     raise ConfigurationError(f"the ledger needs SQLite or PostgreSQL, not {backend!r} "
@@ -595,17 +596,3 @@ def _import_first_run(conn: Connection, store: SqlStateStore, path: Path) -> Non
     if old < datetime.fromisoformat(current):
         conn.execute(sa.update(facilities).where(facilities.c.facility == store.facility)
                      .values(first_run=old.isoformat(timespec="seconds")))
-
-
-# ------------------------------------------------------------------------------------- factory
-def open_state_store(state_dir: str | os.PathLike[str], facility: str,
-                     ledger_url: str | None) -> StateStore | SqlStateStore:
-    """The store the pipeline uses: JSON files without a URL, the database with one (importing
-    the facility's JSON ledgers on first use, when there are any)."""
-    if not ledger_url:
-        return StateStore(state_dir, facility)
-    store = SqlStateStore(ledger_url, facility)
-    root = Path(state_dir) / facility
-    if (root / "ledger").is_dir() or (root / "first-run").exists():
-        import_json_ledgers(state_dir, facility, store)
-    return store

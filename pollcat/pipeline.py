@@ -51,8 +51,7 @@ from pollcat.errors import (
 )
 from pollcat.facility import FacilityClients
 from pollcat.grants import GlobusGranter, grant_access
-from pollcat.ledger_sql import open_state_store
-from pollcat.state import LedgerRecord, fingerprint, now_iso
+from pollcat.state import LedgerRecord, fingerprint, now_iso, open_state_store
 from pollcat.states import DownloadStatus, OutcomeKind, Verdict
 from pollcat.topcat import Download
 from pollcat.transfer import FileResult
@@ -361,8 +360,9 @@ class Pipeline:
             return self._outcome(d, OutcomeKind.SKIPPED, "already completed")
         target = self.cfg.routes[fresh.transport]
         if is_object_store(target):
-            plan, results = deliver_to_object_store(fresh, target, self.facility_name,
-                                                    self.clients, prepared_id, on_progress)
+            plan, results = deliver_to_object_store(
+                fresh, target, self.facility_name, self.clients, prepared_id, on_progress,
+                on_plan=lambda p: self._note_path(fresh, p.download_dir))
             link = plan.link
             total = sum(j.size for j in plan.jobs)
         else:
@@ -370,6 +370,7 @@ class Pipeline:
                                  token=token)
             if isinstance(plan, HeldByOther):  # a worker on another host writes it right now
                 return self._outcome(d, OutcomeKind.LOCKED, plan.reason)
+            self._note_path(fresh, plan.download_dir)
             total = sum(j.size for j in plan.jobs)
             results = transfer_unless_delivered(plan, prepared_id, self.clients,
                                                 self.facility_name, total, on_progress)
@@ -390,6 +391,11 @@ class Pipeline:
         out.path = self._display_path(plan)
         out.seconds = time.monotonic() - t0
         return out
+
+    def _note_path(self, d: Download, download_dir: str) -> None:
+        """The download's directory in the ledger as soon as it is claimed (before any byte):
+        a download that then expires has its partly placed files found by retention."""
+        self.state.update(d.id, path=download_dir, transport=d.transport)
 
     def _complete(self, d: Download, plan: DeliveryPlan, link: str | None = None) -> None:
         if d.status == DownloadStatus.COMPLETE:  # single-level: TopCAT completed it at submit
@@ -497,13 +503,14 @@ class Pipeline:
         operator's force retry)."""
         self.state.update(download_id, verdict=None, reason="", expired_in_topcat=False,
                           prepare_attempts=0, restore_failures=0, mismatch_count=0,
-                          mismatch_signature="", last_error="",
+                          mismatch_signature="", last_error="", expired_at="",
                           first_seen=now_iso())
 
     def expire(self, d: Download, reason: str) -> Outcome:
         reason = redact(reason)
         log.error("download %s: expiring: %s", d.id, reason)
-        self.state.update(d.id, verdict=Verdict.EXPIRED, reason=reason, expired_in_topcat=False)
+        self.state.update(d.id, verdict=Verdict.EXPIRED, reason=reason, expired_in_topcat=False,
+                          expired_at=lambda r: r.expired_at or now_iso())
         try:
             self.topcat.set_status(d.id, DownloadStatus.EXPIRED)
         except ConfigurationError:

@@ -21,7 +21,9 @@ days); the manifest lists the objects. Keys follow the layout: `<prefix>/<rel_pa
 from __future__ import annotations
 
 import http.client
+import json
 import logging
+import posixpath
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -32,6 +34,7 @@ from typing import Any
 from pollcat.errors import (
     ChecksumMismatch,
     ConfigurationError,
+    PollcatError,
     ResumeNotSupported,
     SizeMismatch,
     TargetError,
@@ -129,6 +132,20 @@ def s3_errors(what: str, *, datafile: str | None = None,
     except OSError as exc:
         raise TransientError(f"S3 failed {what}: {exc}", datafile=datafile,
                              download_id=download_id, service="s3") from exc
+
+
+@dataclass
+class S3Removal:
+    """What `S3Target.remove_delivery` did (or would do, on a dry run)."""
+
+    removed: int = 0  # objects deleted, the manifest included
+    aborted: int = 0  # incomplete multipart uploads aborted
+    left: list[str] = field(default_factory=list)
+    refused: str | None = None  # not provably pollcat's: nothing touched
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.removed or self.aborted or self.left or self.refused)
 
 
 class _VerifiedUpload:
@@ -330,6 +347,89 @@ class S3Target:
         expires = min(expires_s or self.settings.presign_expiry_s, MAX_PRESIGN_S)
         with s3_errors(f"presigning {rel_path}", download_id=download_id):
             return self.fs.url(self.path_for(rel_path), expires=expires)
+
+    def remove_delivery(self, rel_dir: str, *, download_id: int, expired: bool = False,
+                        removed_before: bool = False, dry_run: bool = False) -> S3Removal:
+        """Retention of one download under `rel_dir` (`pollcat cleanup`).
+
+        With its manifest object (naming this download): the objects it lists, each only while
+        its size is the listed one, then the download's incomplete uploads, then the manifest
+        last. A manifest naming another download: refused, nothing touched. Without a manifest
+        (an EXPIRED download, never delivered): its incomplete uploads, and the objects under
+        `rel_dir/` that carry pollcat's CRC32 metadata (verified objects pollcat stored); any
+        other object is left and reported. Nothing there at all: `gone`. `dry_run` changes
+        nothing. After an earlier removal (`removed_before`) only a manifest is acted on: what
+        is left without one was left on purpose."""
+        from pollcat.manifest import MANIFEST_NAME, Manifest
+
+        rel = rel_dir.strip("/")
+        bucket = self.settings.bucket
+        out = S3Removal()
+        with s3_errors(f"cleaning up s3://{bucket}/{self.key_for(rel)}",
+                       download_id=download_id):
+            manifest_key = self.key_for(f"{rel}/{MANIFEST_NAME}")
+            try:
+                raw = self.fs.cat_file(f"{bucket}/{manifest_key}")
+                manifest: Manifest | None = Manifest.from_json(json.loads(raw))
+            except FileNotFoundError:
+                manifest = None
+            except (ValueError, KeyError, TypeError) as exc:
+                out.refused = f"unreadable manifest: {exc}"
+                return out
+            if manifest is not None and (manifest.download_id != download_id or (
+                    manifest.dir and manifest.dir != rel)):
+                out.refused = (f"the manifest is for download {manifest.download_id} in "
+                               f"{manifest.dir!r}, not this record: left alone")
+                return out
+            if manifest is not None:
+                for f in manifest.files:
+                    try:
+                        key = self.key_for(posixpath.join(rel, f.path))
+                    except PollcatError as exc:
+                        out.left.append(f"{f.path} ({exc.message})")
+                        continue
+                    try:
+                        head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+                    except FileNotFoundError:
+                        continue
+                    if head.get("ContentLength") != f.size:
+                        out.left.append(f"{f.path} (changed since delivery)")
+                        continue
+                    self._delete(key, out, dry_run)
+            elif removed_before:
+                pass
+            elif expired:
+                for key in self._keys(self.key_for(rel) + "/"):
+                    head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
+                    if CRC_META in head.get("Metadata", {}):
+                        self._delete(key, out, dry_run)
+                    else:
+                        out.left.append(f"{key} (not stored by pollcat)")
+            elif self._keys(self.key_for(rel) + "/"):
+                out.refused = "no manifest: not provably pollcat's delivery"
+                return out
+        if not dry_run:
+            out.aborted = len(self.abort_incomplete_uploads(rel))
+        if manifest is not None:
+            with s3_errors(f"deleting s3://{bucket}/{manifest_key}", download_id=download_id):
+                self._delete(manifest_key, out, dry_run)
+        return out
+
+    def _keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            answer = self.fs.call_s3("list_objects_v2", Bucket=self.settings.bucket,
+                                     Prefix=prefix, **token)
+            keys += [o["Key"] for o in answer.get("Contents", [])]
+            if not answer.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": answer["NextContinuationToken"]}
+
+    def _delete(self, key: str, out: S3Removal, dry_run: bool) -> None:
+        if not dry_run:
+            self.fs.call_s3("delete_object", Bucket=self.settings.bucket, Key=key)
+        out.removed += 1
 
     def remove_download(self, rel_dir: str, *, download_id: int | None = None) -> None:
         """Delete every object of a download (the expiry step; a lifecycle rule is a backstop)."""

@@ -26,10 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pollcat.errors import ConfigurationError
 from pollcat.states import Verdict
+
+if TYPE_CHECKING:
+    from pollcat.ledger_sql import SqlStateStore
 
 _FACILITY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -61,11 +64,14 @@ class LedgerRecord:
     last_error: str = ""
     mismatch_signature: str = ""  # the last verification failure, to spot one that repeats
     mismatch_count: int = 0
-    path: str = ""
+    path: str = ""  # the download's directory, recorded once its claim is taken (before transfer)
     transport: str = ""
     files: int = 0
     bytes: int = 0
     delivered_at: str = ""
+    # when pollcat first gave up on it (EXPIRED): retention's age for an expired download whose
+    # files (part of them, or all but the grant) are on the target at `path`
+    expired_at: str = ""
     grants: list[dict[str, Any]] = field(default_factory=list)  # access actions applied
     removed: list[dict[str, Any]] = field(default_factory=list)  # retention's removals
 
@@ -222,3 +228,27 @@ def _replace_with(path: Path, text: str, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def open_state_store(state_dir: str | os.PathLike[str], facility: str,
+                     ledger_url: str | None) -> StateStore | SqlStateStore:
+    """The store the pipeline uses: JSON files without a URL, the database with one (importing
+    the facility's JSON ledgers on first use, when there are any).
+
+    The SQL ledger (`pollcat.ledger_sql`, SQLAlchemy, psycopg for PostgreSQL) is imported only
+    here, for a URL: the JSON ledger never loads it, and a worker installed without the `sql`
+    extra runs as long as it is given no ledger URL."""
+    if not ledger_url:
+        return StateStore(state_dir, facility)
+    try:
+        from pollcat.ledger_sql import SqlStateStore, import_json_ledgers
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "sqlalchemy":
+            raise
+        raise ConfigurationError("a ledger URL needs the SQL ledger's packages (SQLAlchemy, and "
+                                 "psycopg for PostgreSQL): pip install 'pollcat[sql]'") from None
+    store = SqlStateStore(ledger_url, facility)
+    root = Path(state_dir) / facility
+    if (root / "ledger").is_dir() or (root / "first-run").exists():
+        import_json_ledgers(state_dir, facility, store)
+    return store

@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(server, sim, globus, accounts: Path | None, out: Path, t0: float) -> bool:
     """The operator's steps, then wait for the schedule to deliver everything."""
-    _step(server, "bootstrap", "-m", "deployments.bootstrap")
+    _step(server, "bootstrap", "-m", "pollcat.deployments.bootstrap")
     _save_blocks(server, sim.url, globus, accounts, out)
     t_deploy = time.monotonic()
-    _step(server, "deploy", "-m", "deployments.bootstrap", "--deploy",
+    _step(server, "deploy", "-m", "pollcat.deployments.bootstrap", "--deploy",
           "--sweep-interval", str(SWEEP_INTERVAL_S))
     server.worker()
     print(f"worker started; the sweep-{FACILITY_BLOCK} schedule fires every "

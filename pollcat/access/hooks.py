@@ -19,9 +19,15 @@ What gets what (D = the download's directory):
 * the delivered files and the manifest: owner/group/mode, ACL `r--` for the user and group;
 * D and the directories below it that hold delivered files: owner/group/mode (+ setgid),
   ACL `r-x` and the same as default entries;
-* directories between the root and D (e.g. `alice/`, shared by the user's downloads): only a
-  traverse entry (`--x`) added to whatever they have, so the user can reach D but not list
-  what is beside it. The root itself is never touched.
+* directories between the root and D: only an entry added to whatever they have. The user's
+  own (`alice/`, holding only her downloads: `AccessContext.user_dirs`) get `r-x` for her, so
+  she can list her deliveries; shared ones (a `{facility}/` level) get a traverse entry
+  (`--x`), so the user can reach D but not list what is beside it. The acl_group gets `--x`
+  on both. The root itself is never touched.
+
+pollcat creates all of it owner-only (files 0600, D and below 0700, the levels above 0711, see
+`pollcat.targetfs`), so the grant only ever widens, and a download whose grant is refused or
+held stays private to pollcat's account.
 """
 
 from __future__ import annotations
@@ -67,7 +73,9 @@ class AccessContext:
     """One delivered download, as the access hook needs it.
 
     `download_dir` and `files` are relative to `root` (a local absolute path); `files` are the
-    delivered data files (the manifest in `download_dir` is added by the hook).
+    delivered data files (the manifest in `download_dir` is added by the hook). `user_dirs`
+    are the directories above `download_dir` that are the user's own (`layout.user_dirs`):
+    she may list them (`r-x`), where the other levels above only let her pass (`--x`).
     """
 
     download_id: int
@@ -76,6 +84,7 @@ class AccessContext:
     root: str
     download_dir: str
     files: Sequence[str] = field(default_factory=tuple)
+    user_dirs: Sequence[str] = field(default_factory=tuple)
 
 
 class AccessHook(Protocol):
@@ -115,6 +124,7 @@ class _Target:
     path: str
     kind: ObjectKind
     scope: Scope
+    own: bool = False  # a directory above D that is the user's own (`AccessContext.user_dirs`)
 
 
 def _parents(rel: str) -> list[str]:
@@ -159,8 +169,10 @@ class PosixAccessHook:
             for parent in _parents(rel) + ([rel] if rel == base else []):
                 scope = Scope.DOWNLOAD if _inside(parent, base) else Scope.TRAVERSE
                 dirs.setdefault(parent, scope)
-        ordered = [_Target(d, ObjectKind.DIR, s) for d, s in sorted(
-            dirs.items(), key=lambda item: (item[0].count("/"), item[0]))]
+        own = set(ctx.user_dirs)
+        ordered = [_Target(d, ObjectKind.DIR, s, s is Scope.TRAVERSE and d in own)
+                   for d, s in sorted(dirs.items(), key=lambda item: (item[0].count("/"),
+                                                                      item[0]))]
         return ordered + [_Target(f, ObjectKind.FILE, Scope.DOWNLOAD) for f in dict.fromkeys(files)]
 
     # --- plan ----------------------------------------------------------------------------
@@ -186,8 +198,9 @@ class PosixAccessHook:
         if acl_gid is not None:
             subjects.append((AclTag.GROUP, acl_gid))
         for tag, qualifier in subjects:
-            if target.scope is Scope.TRAVERSE:
-                grants = [(False, TRAVERSE_PERMS)]
+            if target.scope is Scope.TRAVERSE:  # the user lists her own, passes the others
+                own = target.own and tag is AclTag.USER
+                grants = [(False, DIR_PERMS if own else TRAVERSE_PERMS)]
             elif target.kind is ObjectKind.FILE:
                 grants = [(False, FILE_PERMS)]
             else:

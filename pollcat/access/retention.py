@@ -2,7 +2,11 @@
 
 Diamond's staging area keeps restored data 15 days; a target's `retention_days` says the same
 here (0 keeps deliveries forever). Cleanup works from the ledger's records of delivered
-downloads and is deliberately narrow, because it deletes:
+downloads, and of EXPIRED ones whose directory was claimed (their files may be partly placed),
+and is deliberately narrow, because it deletes:
+
+* a download's age is counted from `delivered_at` when it was delivered, else from
+  `expired_at`, when pollcat gave up on it (the ledger's first EXPIRED verdict);
 
 * a delivery is removed only if its directory still holds pollcat's manifest and the manifest
   names the same download id and directory as the ledger record; otherwise it is refused and
@@ -11,17 +15,33 @@ downloads and is deliberately narrow, because it deletes:
   the listed size (a symlink or a changed file is left and reported), then the manifest, then
   directories that became empty, from the deepest up to the download's directory. Directories
   above it (e.g. the user's `alice/`) are never removed;
+* pollcat's staging directory `<download>/.pollcat/` goes too: the regular files in it that
+  pollcat's euid owns with one link (claim, part files), then the directory;
+* an EXPIRED download has no manifest. Its directory is pollcat's only if the claim file in its
+  staging directory names the download (the claim of a download that was never delivered stays,
+  lease 0, to name it) and that claim's lease is over (a live one: `kept`, it is being
+  delivered). Then only what pollcat created is removed: regular files below the directory owned
+  by pollcat's euid with one link, the staging directory, and the directories that became empty.
+  Anything else (a symlink, another owner's file, a hard link) is left and reported. The ledger
+  does not keep the planned paths (thousands per download): the claim proves the directory is
+  this download's, and ownership plus one link is what pollcat placed in it;
 * everything is reached through descriptors opened with O_NOFOLLOW below the root (fdwalk);
 * the ACL grants recorded for the download are revoked where their objects remain, and the
   traverse grants on the directories above it once no live delivery is below them. Keep the
   records of removed deliveries in the input (they come back as `gone`): the traverse grant
   on `alice/` was recorded by alice's first delivery, and is revoked with her last;
-* `dry_run` reports what would happen and changes nothing.
+* `dry_run` reports what would happen and changes nothing: no file, no grant and no ledger
+  record (`record` is not called);
+* cleanup is idempotent: a download whose directory is gone is `gone` (nothing recorded), and
+  one removed earlier (`"removed": true` in its mapping) whose directory still holds what was
+  not pollcat's is `gone` too, not refused, so later runs exit 0 and change nothing.
 
 Ledger input, one mapping per delivered download::
 
     {"download_id": 42, "path": "alice/alice_run42", "delivered_at": "2026-11-01T10:00:00Z",
      "grants": [<records written by the access hook's apply>]}
+    {"download_id": 43, "path": "alice/alice_run43", "expired_at": "2026-11-02T10:00:00Z",
+     "removed": false}   # an EXPIRED download (no delivered_at)
 """
 
 from __future__ import annotations
@@ -32,6 +52,7 @@ import logging
 import os
 import posixpath
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,10 +61,19 @@ from typing import Any
 
 from pollcat.access.actions import ActionKind, Scope, utc_now
 from pollcat.access.errors import AccessError, RetentionRefused, UnsafeTargetObject
-from pollcat.access.fdwalk import FILE_FLAGS, ObjectKind, check_rel, open_root, open_under
+from pollcat.access.fdwalk import (
+    DIR_FLAGS,
+    FILE_FLAGS,
+    ObjectKind,
+    check_rel,
+    open_root,
+    open_under,
+)
 from pollcat.access.hooks import AccessContext, PosixAccessHook, Record
 from pollcat.access.policy import AccessPolicy
+from pollcat.claim import ClaimRecord, is_claim_name, parse_claim
 from pollcat.manifest import MANIFEST_NAME, Manifest
+from pollcat.targetfs import STAGING_NAME
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +90,30 @@ class CleanupOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class DeliveryRecord:
-    """A delivered download as the ledger knows it."""
+    """A delivered (or EXPIRED) download as the ledger knows it. `delivered_at` is the moment
+    its age counts from: the delivery, or for an EXPIRED download never delivered, when it
+    expired (`expired` is then True)."""
 
     download_id: int
     path: str
     delivered_at: datetime
     grants: tuple[Mapping[str, Any], ...] = ()
+    expired: bool = False
+    removed_before: bool = False  # an earlier cleanup removed it (the ledger's `removed`)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DeliveryRecord:
-        when = datetime.fromisoformat(str(data["delivered_at"]).replace("Z", "+00:00"))
+        delivered = data.get("delivered_at") or ""
+        since = delivered or data.get("expired_at") or ""
+        if not since:
+            raise KeyError(f"download {data.get('download_id')}: neither delivered_at nor "
+                           "expired_at")
+        when = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         return cls(download_id=int(data["download_id"]), path=str(data["path"]),
-                   delivered_at=when, grants=tuple(data.get("grants") or ()))
+                   delivered_at=when, grants=tuple(data.get("grants") or ()),
+                   expired=not delivered, removed_before=bool(data.get("removed")))
 
 
 @dataclass
@@ -197,6 +237,78 @@ def _remove_empty_dirs(root_fd: int, delivery: DeliveryRecord, dirs: Iterable[st
             continue
 
 
+def _has(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _claim_of(dir_fd: int) -> ClaimRecord | None:
+    """The current claim in the download's staging directory (never through a link)."""
+    try:
+        staging = os.open(STAGING_NAME, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        names = [n for n in os.listdir(staging) if is_claim_name(n)]
+        if not names:
+            return None
+        name = max(names, key=lambda n: int(n.rsplit(".", 1)[1]))
+        try:
+            fd = os.open(name, FILE_FLAGS, dir_fd=staging)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return parse_claim(f.read(64 * 1024))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(staging)
+
+
+def _remove_owned(root_fd: int, delivery: DeliveryRecord, rel_dir: str, result: CleanupResult,
+                  dry_run: bool) -> set[str]:
+    """Unlink the regular files below `rel_dir` that pollcat's euid owns with one link (what
+    pollcat created), never following a link; report the rest. Returns the directories seen,
+    for `_remove_empty_dirs`."""
+    did, euid = delivery.download_id, os.geteuid()
+    dirs: set[str] = set()
+    pending = [rel_dir]
+    while pending:
+        rel = pending.pop()
+        try:
+            with open_under(root_fd, rel, ObjectKind.DIR, download_id=did) as fd:
+                dirs.add(rel)
+                for name in sorted(os.listdir(fd)):
+                    here = posixpath.join(rel, name)
+                    shown = here[len(delivery.path) + 1:]
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(here)
+                    elif not stat.S_ISREG(st.st_mode):
+                        result.left_behind.append(f"{shown} (not a regular file)")
+                    elif st.st_uid != euid or st.st_nlink != 1:
+                        result.left_behind.append(f"{shown} (not pollcat's: uid {st.st_uid}, "
+                                                  f"{st.st_nlink} link(s))")
+                    else:
+                        if not dry_run:
+                            os.unlink(name, dir_fd=fd)
+                        result.files_removed += 1
+        except FileNotFoundError:
+            continue
+        except UnsafeTargetObject as exc:
+            result.left_behind.append(f"{rel} ({exc.message})")
+    return dirs
+
+
 def _ancestors(rel: str) -> list[str]:
     parts = rel.split("/")[:-1]
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
@@ -238,6 +350,13 @@ def cleanup(records: Iterable[Mapping[str, Any]], *, root: str, policy: AccessPo
     gone: list[DeliveryRecord] = []
     hook = hook or PosixAccessHook(policy)
     results: list[CleanupResult] = []
+    if not expired:  # nothing to open: the root may not even exist yet
+        results = [CleanupResult(d.download_id, d.path, CleanupOutcome.KEPT)
+                   for d in deliveries]
+        for result in results:
+            if out is not None:
+                out(("[dry run] " if dry_run else "") + result.describe())
+        return results
     with open_root(root) as root_fd:
         for delivery in deliveries:
             if delivery not in expired:
@@ -250,7 +369,8 @@ def cleanup(records: Iterable[Mapping[str, Any]], *, root: str, policy: AccessPo
             results.append(result)
             if result.outcome in (CleanupOutcome.REMOVED, CleanupOutcome.GONE):
                 gone.append(delivery)
-            if record is not None and result.outcome is not CleanupOutcome.GONE:
+            if record is not None and not dry_run and result.outcome not in (
+                    CleanupOutcome.GONE, CleanupOutcome.KEPT):
                 record(result.to_record())
     for result in results:
         if out is not None:
@@ -264,10 +384,34 @@ def _cleanup_one(root_fd: int, root: str, delivery: DeliveryRecord,
     did = delivery.download_id
     outcome = CleanupOutcome.WOULD_REMOVE if dry_run else CleanupOutcome.REMOVED
     result = CleanupResult(did, delivery.path, outcome)
+    staging = posixpath.join(delivery.path, STAGING_NAME)
     try:
         with open_under(root_fd, delivery.path, ObjectKind.DIR, download_id=did) as dir_fd:
-            manifest = _read_manifest(dir_fd, delivery)
-        dirs = _remove_files(root_fd, delivery, manifest, result, dry_run)
+            manifest = None
+            if _has(dir_fd, MANIFEST_NAME) or not (delivery.expired or delivery.removed_before):
+                try:
+                    manifest = _read_manifest(dir_fd, delivery)
+                except RetentionRefused:
+                    if not delivery.removed_before:
+                        raise
+            claim = None if manifest is not None or delivery.removed_before \
+                else _claim_of(dir_fd)
+        if manifest is None and delivery.removed_before:
+            result.outcome, result.reason = CleanupOutcome.GONE, "removed earlier"
+            return result
+        if manifest is None:  # EXPIRED, never delivered: only what pollcat placed
+            if claim is None or claim.download_id != did:
+                raise RetentionRefused(
+                    "no manifest and no claim of this download in " + STAGING_NAME
+                    + ": not provably pollcat's", download_id=did, datafile=delivery.path)
+            if claim.expires_at > time.time():
+                result.outcome = CleanupOutcome.KEPT
+                result.reason = f"being delivered by {claim.describe()}"
+                return result
+            dirs = _remove_owned(root_fd, delivery, delivery.path, result, dry_run)
+        else:
+            dirs = _remove_files(root_fd, delivery, manifest, result, dry_run)
+            dirs |= _remove_owned(root_fd, delivery, staging, result, dry_run)
         _remove_empty_dirs(root_fd, delivery, dirs | {delivery.path}, result, dry_run)
         grants = _revocable(delivery, live, everyone)
         if dry_run:

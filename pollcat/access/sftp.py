@@ -12,6 +12,8 @@ plan / apply / revoke / dry_run interface as the local PosixAccessHook:
   an SSH key restricted to that one forced command. The helper validates the request again
   and applies the same grants as PosixAccessHook (user read ACLs, defaults, modes) with fixed
   argument lists on O_NOFOLLOW descriptors. Its JSON output lines are the ledger records.
+  `revoke_traverse` takes the user's traverse grant on a directory above her deliveries
+  (`alice/`) away again, for retention once her last delivery there is removed.
 
 Nothing here builds a shell string: `ssh` is run with an argument list, and the words it sends
 have been validated (account name, download id, safe relative path, no spaces) on both ends.
@@ -47,6 +49,17 @@ from pollcat.manifest import MANIFEST_NAME
 log = logging.getLogger(__name__)
 
 SSH_UNREACHABLE = 255  # ssh's own exit code for connection/authentication failures
+
+
+class HelperLacksVerb(RemoteHelperFailed):
+    """The helper on the server is older than the operation asked for (it refused the verb
+    itself, not the request's words): update deploy/sftp-helper/pollcat-access-helper."""
+
+
+def _refused_as_unknown(exc: RemoteHelperFailed) -> bool:
+    """The helper's refusal of the request's shape (an older helper, a word it does not know),
+    as opposed to a refusal of an account or a path."""
+    return "(exit 2)" in exc.message and "expected:" in exc.message
 
 
 class SftpClient(Protocol):
@@ -188,6 +201,19 @@ class SftpModeHook:
         return undone
 
 
+def _own_word(ctx: AccessContext) -> str | None:
+    """`own=N` for the helper: the directories above the download's from its (N+1)th
+    component on are the user's own. None when none is, or they are not such a tail."""
+    if not ctx.user_dirs:
+        return None
+    parts = ctx.download_dir.split("/")
+    above = ["/".join(parts[:i + 1]) for i in range(len(parts) - 1)]
+    first = len(above) - len(ctx.user_dirs)
+    if first < 0 or list(ctx.user_dirs) != above[first:]:
+        return None
+    return f"own={first}"
+
+
 @dataclass(frozen=True)
 class SshHelperTarget:
     """How to reach the forced-command helper: the key is restricted to it on the server.
@@ -226,6 +252,25 @@ class SshHelperHook:
         self.policy, self.target = policy, target
 
     def _call(self, verb: str, ctx: AccessContext) -> list[dict[str, Any]]:
+        """The helper's answer; `own=N` (the user lists her own directories above the
+        download's, see `AccessContext.user_dirs`) is left out again for a helper older than
+        it, which refuses the word: she then only passes them, as before."""
+        own = _own_word(ctx) if verb in ("plan", "grant") else None
+        if own is None:
+            return self._call_words(verb, ctx, [])
+        try:
+            return self._call_words(verb, ctx, [own])
+        except RemoteHelperFailed as exc:
+            if not _refused_as_unknown(exc):
+                raise  # a refusal of the request itself, not of the word
+            log.warning("download %s: the access helper on %s does not take %r (an older "
+                        "helper: update deploy/sftp-helper/pollcat-access-helper); the user "
+                        "can reach her delivery but not list her own directory",
+                        ctx.download_id, self.target.host, own)
+            return self._call_words(verb, ctx, [])
+
+    def _call_words(self, verb: str, ctx: AccessContext,
+                    extra: list[str]) -> list[dict[str, Any]]:
         did = ctx.download_id
         account = check_account_name(ctx.account, download_id=did)
         rel = check_rel(ctx.download_dir, download_id=did)
@@ -238,7 +283,7 @@ class SshHelperHook:
         if ssh is None:
             raise RemoteHelperFailed("ssh is not installed (Debian package openssh-client)",
                                      download_id=did)
-        argv = self.target.argv([verb, str(int(did)), account, rel], ssh)
+        argv = self.target.argv([verb, str(int(did)), account, rel, *extra], ssh)
         try:
             proc = subprocess.run(argv, shell=False, capture_output=True, text=True,
                                   timeout=self.target.timeout, stdin=subprocess.DEVNULL,
@@ -291,8 +336,9 @@ class SshHelperHook:
                       record: Record | None) -> int:
         applied = [line for line in lines if line.get("kind") in {k.value for k in ActionKind}]
         for line in applied:
-            if record is not None:
+            if record is not None:  # the account: what `revoke_traverse` asks the helper for
                 record(dict(line, download_id=ctx.download_id, hook=self.name,
+                            account=line.get("account") or ctx.account,
                             scope=line.get("scope", Scope.DOWNLOAD.value), at=utc_now()))
         return len(applied)
 
@@ -304,3 +350,28 @@ class SshHelperHook:
                record: Record | None = None) -> int:
         """Remove the user's entries in the download (the helper knows which)."""
         return self._record_lines(ctx, self._call("revoke", ctx), record)
+
+    def revoke_traverse(self, ctx: AccessContext, dirs: Iterable[str],
+                        record: Record | None = None) -> int:
+        """Remove `ctx.account`'s own ACL entry on each of `dirs` (relative to the helper's
+        root; the directories above a download that `grant` gave her `r-x`/`--x` on), and
+        nothing else: retention's counterpart of the local hook revoking the traverse grants
+        with a user's last delivery. An entry (or directory) already gone counts as done; the
+        helper prints, and `record` gets, one `revoke-acl` line per entry removed. Returns how
+        many. A helper older than the verb raises HelperLacksVerb (nothing changed)."""
+        done = 0
+        for rel in dirs:
+            one = AccessContext(download_id=ctx.download_id, icat_user=ctx.icat_user,
+                                account=ctx.account, root=ctx.root, download_dir=rel)
+            try:
+                lines = self._call_words("revoke-traverse", one, [])
+            except RemoteHelperFailed as exc:
+                if _refused_as_unknown(exc):
+                    raise HelperLacksVerb(
+                        f"the access helper on {self.target.host} has no revoke-traverse (an "
+                        "older helper: update deploy/sftp-helper/pollcat-access-helper); the "
+                        f"traverse grant on {rel} stays", download_id=ctx.download_id,
+                        datafile=rel) from exc
+                raise
+            done += self._record_lines(one, lines, record)
+        return done

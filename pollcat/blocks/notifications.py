@@ -1,6 +1,6 @@
 """Operator e-mail through the facility's own SMTP server, usable by Prefect automations.
 
-Prefect 3.8 has no SMTP notification block (prefect-email's `EmailServerCredentials` is not a
+Prefect 3.9 has no SMTP notification block (prefect-email's `EmailServerCredentials` is not a
 `NotificationBlock`, so an automation's "send a notification" action refuses it). This one is:
 the server loads it through pollcat's `prefect.collections` entry point and calls `notify`,
 so alerts go out even when every worker is down.

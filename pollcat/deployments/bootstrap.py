@@ -1,10 +1,11 @@
 """Idempotent set-up of a Prefect server for pollcat.
 
-    python -m deployments.bootstrap                      # block types, work pool, automations
-    (or python -m pollcat.deployments.bootstrap, the same thing)
-    python -m deployments.bootstrap --deploy             # ... and deploy every facility block
-    python -m deployments.bootstrap --deploy --sweep-interval 300
-    python -m deployments.bootstrap --notify custom-webhook/ops --notify pollcat-operator-email/ops
+    python -m pollcat.deployments.bootstrap             # block types, work pool, automations
+    (from a checkout, python -m deployments.bootstrap is the same thing)
+    python -m pollcat.deployments.bootstrap --deploy    # ... and deploy every facility block
+    python -m pollcat.deployments.bootstrap --deploy --sweep-interval 300
+    python -m pollcat.deployments.bootstrap --notify custom-webhook/ops \
+        --notify pollcat-operator-email/ops
 
 Run it after every upgrade: everything is looked up by name first, so a second run changes
 nothing (and prints `unchanged`). Save the facility and target blocks (README, "Configure")
@@ -82,7 +83,7 @@ def _pipeline_configs(facilities: list[str], report: Report) -> list[PipelineCon
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deployments.bootstrap", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pollcat.deployments.bootstrap", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--deploy", action="store_true",
                    help="deploy prefect.yaml once per saved pollcat-facility block")

@@ -4,8 +4,8 @@ Set on the server (deploy/systemd/prefect-server.env.example):
 
     PREFECT_SERVER_EVENTS_CAUSAL_ORDERING=pollcat.deployments.event_ordering
 
-Why: Prefect 3.8.8's scheduler writes a run's Scheduled state with a bulk INSERT and emits no
-`prefect.flow-run.Scheduled` event, but the run's Pending event still declares that it
+Why: Prefect's scheduler (3.8.8, still 3.9.1) writes a run's Scheduled state with a bulk INSERT
+and emits no `prefect.flow-run.Scheduled` event, but the run's Pending event still declares that it
 `follows` that state when the two are less than 5 minutes apart (every run of a short interval,
 and the first runs after each deploy). The automations service then parks Pending, and with it
 Running, Completed, Failed and Crashed, until its 15-minute lookback gives up on the leader:

@@ -5,6 +5,14 @@
 exactly what an operator would type by hand. Prefect validates a schedule's `interval` before
 it fills in templates, so a different interval (tests, the demo, a busy facility) is deployed
 from a copy of `prefect.yaml` that differs in that one number.
+
+That copy also anchors each interval schedule a few seconds after the deploy
+(`FIRST_SWEEP_AFTER_S`). Without an anchor Prefect anchors the schedule at the moment the
+deployment is saved, which is already past when its scheduler first looks, so the first sweep
+came one whole interval later (125.6 s at the default 120 s). With it, the scheduler's
+recent-deployments loop (every 5 s) makes the first run, an ordinary auto-scheduled one,
+about `FIRST_SWEEP_AFTER_S` after the deploy; a facility that writes its own `anchor_date`
+in `prefect.yaml` keeps it.
 """
 
 from __future__ import annotations
@@ -13,12 +21,16 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 from prefect.client.orchestration import PrefectClient
 
 FACILITY_BLOCK_TYPE = "pollcat-facility"
+#: The first scheduled sweep runs this long after `deploy_facility` writes the schedule:
+#: long enough for `prefect deploy` to save it, well inside the scheduler's 5 s look-ahead.
+FIRST_SWEEP_AFTER_S = 20.0
 
 
 def default_project_dir() -> Path:
@@ -33,13 +45,20 @@ async def facility_block_names(client: PrefectClient) -> list[str]:
     return sorted(d.name for d in docs if d.name and not d.is_anonymous)
 
 
-def with_sweep_interval(interval_s: float, into: Path, source: Path) -> Path:
-    """A copy of `source` whose sweep schedules fire every `interval_s` seconds."""
+def scheduled_copy(into: Path, source: Path, *, interval_s: float | None = None,
+                   now: datetime | None = None) -> Path:
+    """A copy of `source` whose interval schedules are anchored `FIRST_SWEEP_AFTER_S` after
+    `now` (unless they name their own `anchor_date`) and, given `interval_s`, fire that often."""
+    first = (now or datetime.now(UTC)) + timedelta(seconds=FIRST_SWEEP_AFTER_S)
     spec = yaml.safe_load(source.read_text())
     for dep in spec["deployments"]:
         for schedule in dep.get("schedules") or []:
-            if "interval" in schedule:
+            if "interval" not in schedule:
+                continue
+            if interval_s is not None:
                 schedule["interval"] = interval_s
+            schedule.setdefault("anchor_date", first.isoformat())
+            schedule.setdefault("timezone", "UTC")
     into.write_text(yaml.safe_dump(spec, sort_keys=False))
     return into
 
@@ -56,11 +75,10 @@ def deploy_facility(block_name: str, *, sweep_interval_s: float | None = None,
     env = dict(os.environ, POLLCAT_FACILITY_BLOCK=block_name,
                POLLCAT_HOME=os.environ.get("POLLCAT_HOME") or str(project_dir))
     with tempfile.TemporaryDirectory(prefix="pollcat-deploy-") as tmp:
-        args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
-        if sweep_interval_s is not None:
-            copy = with_sweep_interval(sweep_interval_s, Path(tmp) / "prefect.yaml",
-                                       project_dir / "prefect.yaml")
-            args += ["--prefect-file", str(copy)]
+        copy = scheduled_copy(Path(tmp) / "prefect.yaml", project_dir / "prefect.yaml",
+                              interval_s=sweep_interval_s)
+        args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                "--prefect-file", str(copy)]
         res = subprocess.run(args, cwd=project_dir, env=env, capture_output=True, text=True,
                              check=False, stdin=subprocess.DEVNULL)
     if res.returncode != 0:

@@ -34,7 +34,9 @@ def send_pollcat_logs_to_prefect() -> None:
     if not any(isinstance(h, APILogHandler) for h in pollcat_logger.handlers):
         pollcat_logger.addHandler(APILogHandler())
     logsafe.install()  # on every handler, this one included
-    if pollcat_logger.level == logging.NOTSET or pollcat_logger.level > logging.INFO:
+    # at least INFO, but never less than the operator asked for: with
+    # PREFECT_LOGGING_ROOT_LEVEL=DEBUG (README "Operate") pollcat's DEBUG lines reach the run logs
+    if pollcat_logger.getEffectiveLevel() > logging.INFO:
         pollcat_logger.setLevel(logging.INFO)
 
 

@@ -23,6 +23,11 @@ check before each call (a check-then-open is a race):
   write, so the window is limited to directories that users own; run the SFTP account with the
   user's own rights where that matters.
 
+Everything pollcat creates is owner-only from its first byte, exactly, whatever the umask:
+files 0600, the download's directories 0700, the levels shared by downloads above it 0711
+(`TargetFS.traverse_depth`, `dir_mode`); only the access policy's grant widens it
+(docs/access.md, "Private from the first byte").
+
 Anything found where pollcat wants to write that it did not make is `UnsafeTargetPath` (a
 permanent error naming the path); nothing is followed and nothing outside the root is touched.
 OSErrors become pollcat's families through `target_errors`: full, over quota and read-only are

@@ -22,6 +22,11 @@ log = logging.getLogger("pollcat.targetfs")
 #: temporary file and the claim. Users cannot name a datafile into it (see `layout.RESERVED_NAMES`).
 STAGING_NAME = ".pollcat"
 
+#: Modes of what pollcat creates on a target (see `TargetFS.traverse_depth`).
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+TRAVERSE_DIR_MODE = 0o711
+
 
 class Kind(StrEnum):
     FILE = "file"
@@ -105,6 +110,17 @@ class TargetFS:
     #: Set while a batch of files is written whose durability one `sync()` provides at the end
     #: (`transfer.synced_once`): the part writer then only starts the writeback.
     sync_deferred: bool = False
+    #: How many directory levels below the root are shared by several downloads (`alice/` in
+    #: the `{user}/{download}/...` layout: the levels above the download's own directory, see
+    #: `layout.download_template`). Directories pollcat makes there are `TRAVERSE_DIR_MODE`
+    #: (others may pass, not list); every other directory it makes is `PRIVATE_DIR_MODE`, and
+    #: every file `PRIVATE_FILE_MODE`, exactly, whatever the umask: a delivery is private to
+    #: pollcat's account from its first byte, and only the access policy widens it.
+    traverse_depth: int = 0
+
+    def dir_mode(self, depth: int) -> int:
+        """The mode of a directory pollcat makes `depth` levels below the root (1: a child)."""
+        return TRAVERSE_DIR_MODE if depth <= self.traverse_depth else PRIVATE_DIR_MODE
 
     def note_placed(self, rel: str, handle: IO[bytes] | None = None) -> None:
         """A file placed while `sync_deferred`: `sync` makes it durable. `handle`: the placed
@@ -166,6 +182,15 @@ class TargetFS:
     def list_names(self, rel: str) -> list[str]:
         """The names in directory `rel` ([] if it does not exist)."""
         raise NotImplementedError
+
+    def remove_empty_dir(self, rel: str) -> bool:
+        """rmdir `rel` (a real directory, never a link) if it is empty; True when it is gone
+        (also when it was not there), False when something is still in it."""
+        raise NotImplementedError
+
+    def sync_dir(self, rel: str) -> None:
+        """Make the entries of directory `rel` durable (a rename into it): fsync where the
+        target can (local); elsewhere the server's own durability is what there is."""
 
     def remove_quietly(self, rel: str) -> None:
         """`remove`, logging instead of raising (clean-up after a failure)."""

@@ -18,7 +18,10 @@ from pollcat.errors import UnsafeTargetPath
 from pollcat.layout import check_component
 from pollcat.targetfs import beneath
 from pollcat.targetfs.base import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
     STAGING_NAME,
+    TRAVERSE_DIR_MODE,
     Entry,
     Kind,
     NameTaken,
@@ -53,6 +56,13 @@ def _check_private(st: os.stat_result, path: str) -> None:
             f"mode {stat.filemode(st.st_mode)}, so pollcat did not make it; it is left alone")
 
 
+def _set_mode(fd: int, mode: int) -> None:
+    """`fchmod` a descriptor pollcat just created through to exactly `mode` (what `mkdir`'s and
+    `open`'s mode argument leave is `mode & ~umask`: never more than `mode`, maybe less)."""
+    if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
 def _check_opened_staging(fd: int, path: str) -> None:
     """`_check_private` on a staging directory just opened; the descriptor is closed if not."""
     try:
@@ -80,7 +90,19 @@ class LocalTarget(TargetFS):
     def _open_root(self, create: bool) -> int:
         if create:
             with target_errors(self.root):
-                os.makedirs(self.root, exist_ok=True)
+                parent = os.path.dirname(self.root.rstrip("/"))
+                if parent:
+                    os.makedirs(parent, exist_ok=True)  # outside the target: the umask's
+                try:
+                    os.mkdir(self.root, PRIVATE_DIR_MODE)
+                except FileExistsError:
+                    pass
+                else:  # a root pollcat made: users may pass it, not list it (docs/access.md)
+                    fd = os.open(self.root, _DIR_FLAGS)
+                    try:
+                        _set_mode(fd, TRAVERSE_DIR_MODE)
+                    finally:
+                        os.close(fd)
         return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def _root(self, create: bool, opened: list[int]) -> int:
@@ -136,13 +158,13 @@ class LocalTarget(TargetFS):
                     if child is not None and name == STAGING_NAME:
                         _check_private(os.fstat(child), here)
                     if child is None:
-                        child = self._step(fd, name, here, create)
+                        child = self._step(fd, name, here, create, i + 1)
                         if not self._dirs.keep(key, child):
                             opened.append(child)
                 except FileNotFoundError:  # callers that read decide what absence means
                     if not create:
                         raise
-                    child = self._step(fd, name, here, create)
+                    child = self._step(fd, name, here, create, i + 1)
                     if not self._dirs.keep(key, child):
                         opened.append(child)
                 except UnsafeTargetPath:
@@ -174,8 +196,12 @@ class LocalTarget(TargetFS):
             _check_opened_staging(fd, self.path(rel))
         return fd
 
-    def _step(self, parent: int, name: str, here: str, create: bool) -> int:
+    def _step(self, parent: int, name: str, here: str, create: bool, depth: int) -> int:
         """Open `name` under `parent` as a directory (made if missing and `create`).
+
+        A directory made here is private to pollcat's account from the start (`mkdir` 0700),
+        then set to exactly `dir_mode(depth)` through its descriptor: 0711 for the levels shared
+        by downloads (`traverse_depth`), 0700 for the download's own.
 
         The staging directory is checked on every walk, not only when made: a user who owns the
         download directory could swap it for one of their own between two operations.
@@ -186,11 +212,19 @@ class LocalTarget(TargetFS):
             except FileNotFoundError:
                 if not create:
                     raise
+                made = True
                 try:
-                    os.mkdir(name, dir_fd=parent)
+                    os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=parent)
                 except FileExistsError:  # made meanwhile by someone else: open what is there
-                    pass
+                    made = False
                 child = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                if made:
+                    try:
+                        if os.fstat(child).st_uid == _EUID:  # still the one made just now
+                            _set_mode(child, self.dir_mode(depth))
+                    except OSError:
+                        os.close(child)
+                        raise
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise unsafe(here, self._kind_at(parent, name), "a directory") from None
@@ -236,10 +270,17 @@ class LocalTarget(TargetFS):
         parent, name = posixpath.split(rel)
         with self._dir(parent, create=True) as fd, target_errors(self.path(rel)):
             try:
-                os.mkdir(name, 0o700, dir_fd=fd)
-                return
+                os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=fd)
             except FileExistsError:
                 pass
+            else:  # exactly 0700 whatever the umask (it could leave pollcat unable to write)
+                made = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    if os.fstat(made).st_uid == _EUID:
+                        _set_mode(made, PRIVATE_DIR_MODE)
+                finally:
+                    os.close(made)
+                return
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise unsafe(self.path(rel), kind_of(st.st_mode), "its staging directory")
@@ -277,9 +318,15 @@ class LocalTarget(TargetFS):
         parent, name = posixpath.split(rel)
         with target_errors(self.path(rel)), self._dir(parent) as dir_fd:
             try:
-                fd = os.open(name, _CREATE_FLAGS, 0o644, dir_fd=dir_fd)
+                # owner-only from the first byte, and exactly so whatever the umask
+                fd = os.open(name, _CREATE_FLAGS, PRIVATE_FILE_MODE, dir_fd=dir_fd)
             except FileExistsError:
                 raise NameTaken(self.path(rel)) from None
+            try:
+                _set_mode(fd, PRIVATE_FILE_MODE)
+            except OSError:
+                os.close(fd)
+                raise
         # O_RDWR underneath: the part writer reads slices back
         return os.fdopen(fd, "wb", buffering=_BUFFER)
 
@@ -329,6 +376,31 @@ class LocalTarget(TargetFS):
                     os.close(own)
         except FileNotFoundError:
             return []
+
+    def remove_empty_dir(self, rel: str) -> bool:
+        """rmdir of an empty real directory (retention, and the staging dir after delivery)."""
+        parent, name = posixpath.split(rel)
+        try:
+            with self._dir(parent) as fd, target_errors(self.path(rel)):
+                try:
+                    found = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return True
+                if not stat.S_ISDIR(found.st_mode):
+                    raise unsafe(self.path(rel), kind_of(found.st_mode), "a directory")
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        return False
+                    if exc.errno != errno.ENOENT:
+                        raise
+                return True
+        except FileNotFoundError:
+            return True
+
+    def sync_dir(self, rel: str) -> None:
+        self._fsync_dir(rel)
 
     def link_from(self, src_path: str, rel: str) -> None:
         """Hard-link `src_path` (outside the target, trusted) as the new name `rel`."""

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import errno
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any
 
-from pollcat.errors import TransientError, UnsafeTargetPath
+from pollcat.errors import TargetError, TransientError, UnsafeTargetPath
 from pollcat.layout import check_component, check_relpath
 from pollcat.targetfs.base import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
     STAGING_NAME,
+    TRAVERSE_DIR_MODE,
     Entry,
     Kind,
     NameTaken,
@@ -68,13 +71,17 @@ class FsspecTarget(TargetFS):
         names = split_rel(rel_dir)
         if create:
             with target_errors(self.root):
-                self.fs.makedirs(self.root, exist_ok=True)
+                if self._lstat_full(self.root) is None:
+                    parent = posixpath.dirname(self.root.rstrip("/"))
+                    if parent and parent != self.root:
+                        self.fs.makedirs(parent, exist_ok=True)
+                    self._mkdir(self.root, TRAVERSE_DIR_MODE)
         for i in range(len(names)):
             full = self._full("/".join(names[:i + 1]))
             with target_errors(full):
                 entry = self._lstat_full(full)
                 if entry is None and create:
-                    entry = self._mkdir(full, None)
+                    entry = self._mkdir(full, self.dir_mode(i + 1))
                 if entry is None:
                     return False
                 if entry.kind is not Kind.DIR:
@@ -84,12 +91,33 @@ class FsspecTarget(TargetFS):
                                            "writable by others, so pollcat did not make it")
         return True
 
-    def _mkdir(self, full: str, mode: int | None) -> Entry | None:
-        """mkdir, then lstat what is there. A failure is only raised when there is still no
-        entry: over SFTP v3 a directory made meanwhile by a parallel thread is "Failure"."""
+    def _sftp(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """`call(channel)` on one of sshfs's SFTP channels (asyncssh's SFTPClient)."""
+        from fsspec.asyn import sync
+
+        async def _run() -> Any:
+            async with self.fs._pool.get() as channel:
+                return await call(channel)
+
+        return sync(self.fs.loop, _run)
+
+    @property
+    def _is_sftp(self) -> bool:
+        return getattr(self.fs, "_pool", None) is not None and hasattr(self.fs, "loop")
+
+    def _mkdir(self, full: str, mode: int) -> Entry | None:
+        """mkdir (owner-only from the start), then `mode` exactly; lstat what is there. A
+        failure is only raised when there is still no entry: over SFTP v3 a directory made
+        meanwhile by a parallel thread is "Failure", and is left as its maker sets it.
+
+        Over SFTP the mkdir carries the permissions 0700 (OpenSSH's sftp-server passes them to
+        mkdir(2), less its umask, so the directory is never wider than 0700), and an lsetstat
+        (OpenSSH's `lsetstat@openssh.com`, which does not follow a link) then sets `mode`
+        exactly; a server without it gets a SETSTAT of the path just made.
+        """
         try:
-            if mode is None:
-                self.fs.mkdir(full, create_parents=False)
+            if self._is_sftp:
+                self.fs.mkdir(full, create_parents=False, permissions=PRIVATE_DIR_MODE)
             else:
                 try:
                     self.fs.mkdir(full, create_parents=False, mode=mode)
@@ -100,7 +128,40 @@ class FsspecTarget(TargetFS):
             if entry is None or (as_os_error(exc) is None and not isinstance(exc, OSError)):
                 raise
             return entry
+        if self._is_sftp:
+            self._chmod_made(full, mode)
         return self._lstat_full(full)
+
+    def _chmod_made(self, full: str, mode: int) -> None:
+        """Set the exact mode of a directory pollcat just made over SFTP (see `_mkdir`)."""
+        import asyncssh
+
+        async def _chmod(channel: Any) -> None:
+            try:
+                await channel.chmod(full, mode, follow_symlinks=False)
+            except asyncssh.SFTPOpUnsupported:
+                await channel.chmod(full, mode)
+
+        self._sftp(_chmod)
+
+    def _private_file(self, f: IO[bytes]) -> None:
+        """Make a file just created exactly owner-only (0600), before its first byte.
+
+        sshfs opens without attributes, so OpenSSH's sftp-server creates the file 0666 less its
+        umask; the FSETSTAT here (asyncssh's `SFTPClientFile.chmod`, fchmod(2) on the server)
+        acts on the very handle the exclusive open returned, never on a name a link could
+        redirect. Every file pollcat creates is in its staging directory (0700): until this
+        call, the empty file cannot be reached by another account either.
+        """
+        if not self._is_sftp:
+            return  # memory-like filesystems have no modes
+        handle = getattr(f, "_file", None)  # sshfs.SSHFile wraps asyncssh's SFTPClientFile
+        if handle is None or not hasattr(handle, "chmod"):
+            raise TargetError(f"cannot make {getattr(f, 'path', f)!r} private: sshfs's file "
+                              "has no SFTP handle (an sshfs this pollcat does not know)")
+        from fsspec.asyn import sync
+
+        sync(self.fs.loop, handle.chmod, PRIVATE_FILE_MODE)
 
     def _require_dirs(self, rel_dir: str) -> None:
         if not self._check_dirs(rel_dir):
@@ -131,7 +192,7 @@ class FsspecTarget(TargetFS):
         with target_errors(full):
             entry = self._lstat_full(full)
             if entry is None:
-                entry = self._mkdir(full, 0o700)
+                entry = self._mkdir(full, PRIVATE_DIR_MODE)
             if entry is None or entry.kind is not Kind.DIR:
                 raise unsafe(full, entry.kind if entry else "nothing", "its staging directory")
             if entry.mode & 0o022:
@@ -164,7 +225,7 @@ class FsspecTarget(TargetFS):
             if self._lstat_full(full) is not None:
                 raise NameTaken(full)
             try:
-                return self.fs.open(full, "xb")  # SFTP FXF_EXCL: a link is not followed
+                f = self.fs.open(full, "xb")  # SFTP FXF_EXCL: a link is not followed
             except (ValueError, NotImplementedError):  # no exclusive mode (memory)
                 return self.fs.open(full, "wb")
             except Exception as exc:
@@ -172,6 +233,12 @@ class FsspecTarget(TargetFS):
                 if os_error is not None and os_error.errno == errno.EEXIST:
                     raise NameTaken(full) from None
                 raise
+            try:
+                self._private_file(f)
+            except BaseException:
+                f.close()
+                raise
+            return f
 
     def open_append(self, rel: str) -> IO[bytes] | None:
         full = self._regular_or_none(rel, "a part file")
@@ -199,6 +266,28 @@ class FsspecTarget(TargetFS):
             if entry.kind is Kind.DIR:
                 raise unsafe(full, entry.kind, "a file")
             self.fs.rm_file(full)
+
+    def remove_empty_dir(self, rel: str) -> bool:
+        """rmdir of an empty real directory (the staging dir after delivery)."""
+        if not self._check_dirs(posixpath.dirname(rel)):
+            return True
+        full = self._full(rel)
+        with target_errors(full):
+            entry = self._lstat_full(full)
+            if entry is None:
+                return True
+            if entry.kind is not Kind.DIR:
+                raise unsafe(full, entry.kind, "a directory")
+            if self.fs.ls(full, detail=False):
+                return False
+            if hasattr(self.fs, "_rmdir") and hasattr(self.fs, "loop"):
+                # an async filesystem (sshfs): its sync `rmdir` is fsspec's no-op default
+                from fsspec.asyn import sync
+
+                sync(self.fs.loop, self.fs._rmdir, full)
+            else:
+                self.fs.rmdir(full)
+            return True
 
     def list_names(self, rel: str) -> list[str]:
         full = self._full(rel)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import run
 from bench.report import RUN_COLUMNS, every_run
+
+pytestmark = pytest.mark.unit
 
 
 def _run(when: str, ratio_many: float, ready_s: float) -> dict:

@@ -1,7 +1,8 @@
 """The POSIX access hook against real setfacl/getfacl/useradd, proved by reading as users.
 
 Each test delivers a small download tree as root (umask 022, so everything starts
-world-readable), runs the hook, and then reads every delivered file and directory as the
+world-readable, as an older pollcat left it: today's is owner-only, see test_access_private),
+runs the hook, and then reads every delivered file and directory as the
 requesting user (must work) and as another unprivileged user (must fail), in subprocesses that
 drop to those users' uids.
 """
@@ -44,7 +45,8 @@ FILES = (f"{DL}/INV-001/1/run-42/scan_0001.nxs", f"{DL}/INV-001/1/run-42/notes/r
 
 
 def deliver(root: Path, download_dir: str = DL, files: tuple[str, ...] = FILES) -> None:
-    """Files as the transfer leaves them: owned by the service, 0644/0755."""
+    """Files as an older transfer left them (owned by the service, 0644/0755; pollcat now
+    creates them 0600/0700): the hook must narrow these too."""
     old = os.umask(0o022)
     try:
         for rel in files:

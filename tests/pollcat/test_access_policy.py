@@ -13,6 +13,8 @@ from pollcat.access.errors import InvalidAccountName, SystemAccountRefused
 from pollcat.access.fdwalk import ObjectKind
 from pollcat.errors import ConfigurationError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_the_safe_choice():
     policy = AccessPolicy()

@@ -21,6 +21,7 @@ from pollcat.access.sftp import SftpModeHook, SshHelperHook, SshHelperTarget
 from tests.pollcat.test_access_fixtures import (
     account_db,  # noqa: F401  (fixture)
     can_read,
+    getfacl,
     snapshot,
     target_root,  # noqa: F401  (fixture)
 )
@@ -143,6 +144,123 @@ def test_helper_does_not_follow_symlinks(account_db, target_root, helper_sshd): 
         subprocess.run(["rm", "-rf", "--", str(outside)], check=True)
 
 
+def _traverse_granted(root: Path, *people) -> None:
+    """alice/ as `grant ... own=0` leaves it: `r-x` for each of `people`, plus a default
+    entry (not the helper's) that revoke-traverse must leave alone."""
+    deliver(root)
+    (root / "alice").chmod(0o711)  # as pollcat makes it: others pass, only grants list
+    for person in people:
+        subprocess.run(["setfacl", "-m", f"u:{person.uid}:r-x", "--", str(root / "alice")],
+                       check=True, timeout=30)
+    subprocess.run(["setfacl", "-d", "-m", f"u:{people[0].uid}:r-x", "--",
+                    str(root / "alice")], check=True, timeout=30)
+
+
+def test_helper_revoke_traverse_removes_only_the_users_entry(
+        account_db, target_root, helper_sshd):  # noqa: F811
+    alice, bob = account_db.add_user("pcalice"), account_db.add_user("pcbob")
+    _traverse_granted(target_root, alice, bob)
+    home = target_root / "alice"
+    assert can_read(alice, home) and can_read(bob, home)
+    hook = SshHelperHook(AccessPolicy(), helper_target(helper_sshd))
+    records: list[dict] = []
+    assert hook.revoke_traverse(ctx_for(target_root), ["alice"], records.append) == 1
+    (rec,) = records
+    assert (rec["kind"], rec["path"], rec["scope"], rec["uid"], rec["account"]) == (
+        "revoke-acl", "alice", "traverse", alice.uid, "pcalice")
+    acl = getfacl(home)
+    assert f"\nuser:{alice.uid}:" not in acl and f"user:{bob.uid}:r-x" in acl
+    assert f"default:user:{alice.uid}:r-x" in acl  # only her access entry, nothing else
+    assert not can_read(alice, home) and can_read(bob, home)
+    # idempotent: the entry (or the whole directory) already gone is success, nothing printed
+    before = snapshot(home)
+    proc = raw_ssh(helper_sshd, "revoke-traverse 42 pcalice alice")
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    assert snapshot(home) == before
+    proc = raw_ssh(helper_sshd, "revoke-traverse 42 pcalice nobody-here/alice")
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+
+
+@pytest.mark.parametrize("command", [
+    "revoke-traverse 42 pcalice;id alice",
+    "revoke-traverse 42 root alice",
+    "revoke-traverse 42 daemon alice",
+    "revoke-traverse 42 PCALICE alice",
+    "revoke-traverse 42 pcghost alice",
+    "revoke-traverse 42 pcalice ..",
+    "revoke-traverse 42 pcalice alice/..",
+    "revoke-traverse 42 pcalice alice/../alice",
+    "revoke-traverse 42 pcalice ./alice",
+    "revoke-traverse 42 pcalice /etc",
+    "revoke-traverse 42 pcalice -x",
+    "revoke-traverse 42 pcalice alice//alice_run42",
+    "revoke-traverse 42 pcalice alice own=0",
+    "revoke-traverse x42 pcalice alice",
+    "revoke-traverse 42 pcalice",
+    "revoke-traverse-all 42 pcalice alice",
+])
+def test_helper_revoke_traverse_refuses_hostile_words(
+        account_db, target_root, helper_sshd, command):  # noqa: F811
+    alice = account_db.add_user("pcalice")
+    _traverse_granted(target_root, alice)
+    objects = [target_root, target_root / "alice", *delivered_objects(target_root)]
+    before = {p: snapshot(p) for p in objects}
+    proc = raw_ssh(helper_sshd, command)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "refused" in proc.stderr and proc.stdout == ""
+    assert {p: snapshot(p) for p in objects} == before
+
+
+def test_helper_revoke_traverse_refuses_a_symlinked_directory(
+        account_db, target_root, helper_sshd):  # noqa: F811
+    alice = account_db.add_user("pcalice")
+    _traverse_granted(target_root, alice)
+    outside = target_root.parent / (target_root.name + "-outside")
+    outside.mkdir()
+    try:
+        subprocess.run(["setfacl", "-m", f"u:{alice.uid}:r-x", "--", str(outside)], check=True,
+                       timeout=30)
+        (target_root / "elsewhere").symlink_to(outside)
+        (target_root / "alias").symlink_to("alice")
+        objects = [outside, target_root / "alice"]
+        before = {p: snapshot(p) for p in objects}
+        for rel in ("elsewhere", "alias", "alias/alice_run42", "alice/alice_run42/../../alias"):
+            proc = raw_ssh(helper_sshd, f"revoke-traverse 42 pcalice {rel}")
+            assert proc.returncode in (2, 3) and proc.stdout == "", (rel, proc.stderr)
+        proc = raw_ssh(helper_sshd, "revoke-traverse 42 pcalice elsewhere")
+        assert proc.returncode == 3 and "symbolic link" in proc.stderr, proc.stderr
+        assert {p: snapshot(p) for p in objects} == before
+        with pytest.raises(RemoteHelperFailed, match="symbolic link"):
+            SshHelperHook(AccessPolicy(), helper_target(helper_sshd)).revoke_traverse(
+                ctx_for(target_root), ["alias"])
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(outside)], check=True)
+
+
+OLD_HELPER = """#!/bin/sh
+echo 'refused: expected: ping | plan|grant <download-id> <account> <dir> | revoke <download-id> \
+<account> <dir>' >&2
+exit 2
+"""
+
+
+def test_an_older_helper_without_revoke_traverse_is_told_apart(
+        account_db, target_root):  # noqa: F811
+    from pollcat.access.sftp import HelperLacksVerb
+
+    account_db.add_user("pcalice")
+    with running_sshd() as server:
+        old = server.dir / "old-helper"
+        old.write_text(OLD_HELPER)
+        old.chmod(0o755)
+        public_key = server.client_key.with_suffix(".pub").read_text().strip()
+        (server.dir / "authorized_keys" / server.user).write_text(
+            f'restrict,command="{old}" {public_key}\n')
+        hook = SshHelperHook(AccessPolicy(), helper_target(server))
+        with pytest.raises(HelperLacksVerb, match="revoke-traverse"):
+            hook.revoke_traverse(ctx_for(target_root), ["alice"])
+
+
 def test_pollcat_validates_before_calling(account_db, target_root, helper_sshd):  # noqa: F811
     from pollcat.access.errors import InvalidAccountName
     hook = SshHelperHook(AccessPolicy(), helper_target(helper_sshd))
@@ -225,5 +343,7 @@ def test_sftp_delivery_grants_through_the_helper(make_sim, tmp_path, account_db,
     for path in files.values():
         assert can_read(alice, path), path
         assert not can_read(bob, path), path
+    # her own directory (made 0711 over SFTP): she lists it through the helper's grant
+    assert can_read(alice, root / "alice") and not can_read(bob, root / "alice")
     grants = StateStore(tmp_path / "state", "LILS").get(1).grants
     assert grants and all(g["hook"] == "ssh-helper" for g in grants)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from pollcat import backoff
 from pollcat.transfer import Reopen
+
+pytestmark = pytest.mark.unit
 
 
 def test_exponential_doubles_from_the_first_delay_up_to_the_cap():

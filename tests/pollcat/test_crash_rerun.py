@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from pollcat.state import StateStore
 from tests.conftest import scenario
@@ -66,7 +65,9 @@ def test_killed_sweep_resumes_without_duplicates(make_sim, tmp_path):
     assert not list(out.rglob("*.pollcat-part"))
     assert statuses(sim.url) == {1: "COMPLETE"}
     assert pipe.sweep() == []
+    # both sweeps have returned and the killed worker is gone: TopCAT took one COMPLETE
+    puts = sim.facility.topcat.admin_status_puts
+    assert [put for put in puts if put[1] == "COMPLETE"] == [(1, "COMPLETE")], puts
     wait_for(lambda: sim.facility.mail_outbox, what="the ready e-mail")
-    time.sleep(0.5)
     assert [m["download_id"] for m in sim.facility.mail_outbox] == [1]
     assert StateStore(state, "LILS").get(1).verdict == "completed"

@@ -28,6 +28,12 @@ OLD = NOW - timedelta(hours=1)
 BOUND = "transport:globus"
 
 
+def fresh() -> datetime:
+    """Now, as the test runs: a row created "now" must be younger than the commit skew then,
+    and under xdist a test may run minutes after its module was imported (and NOW was taken)."""
+    return datetime.now(UTC)
+
+
 class RecordedTopcat:
     """TopCAT's admin query, answering from a list and remembering each question: (status or
     "any", after_id)."""
@@ -79,7 +85,7 @@ def _later(monkeypatch, minutes: float) -> None:
 
 
 def test_the_bound_stops_at_the_first_download_that_still_needs_work(tmp_path):
-    rows = [_row(1), _row(2), _row(3, two_level=True), _row(4), _row(5), _row(6, NOW)]
+    rows = [_row(1), _row(2), _row(3, two_level=True), _row(4), _row(5), _row(6, fresh())]
     pipe, topcat = _pipeline(tmp_path, rows)
     _completed(pipe, 1, 2, 5)
     assert [d.id for d in pipe.discover()] == [4, 6]
@@ -93,12 +99,12 @@ def test_the_bound_stops_at_the_first_download_that_still_needs_work(tmp_path):
 
 def test_a_fresh_download_holds_the_bound_back_for_the_commit_skew(tmp_path):
     """TopCAT's ids come from a sequence: id 8 committed, id 7 still in its transaction."""
-    rows = [_row(6), _row(8, NOW)]
+    rows = [_row(6), _row(8, fresh())]
     pipe, topcat = _pipeline(tmp_path, rows)
     _completed(pipe, 6, 8)  # 8 delivered at once, minutes after it was created
     assert pipe.discover() == []
     assert pipe.state.scan_bound(BOUND) == 6  # not 8: 7 may still appear
-    rows.append(_row(7, NOW))  # ... and it does
+    rows.append(_row(7, fresh()))  # ... and it does
     assert [d.id for d in pipe.discover()] == [7]
     _completed(pipe, 7)
     rows[:] = [dataclasses.replace(d, created_at=OLD) for d in rows]  # minutes later

@@ -9,6 +9,8 @@ import pytest
 from pollcat.entryfeed import EntryFeed
 from pollcat.errors import TruncatedStream
 
+pytestmark = pytest.mark.unit
+
 
 def produce(feed: EntryFeed, chunks: list[bytes], *, crc: int | None = None,
             error: BaseException | None = None) -> threading.Thread:

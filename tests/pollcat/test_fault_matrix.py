@@ -125,8 +125,10 @@ def test_fault_then_complete(make_sim, tmp_path, caplog, fault, count):
         assert path.stat().st_size == df.size and int(crc_hex(path), 16) == int(df.checksum, 16)
     assert not list(root.rglob("*.pollcat-part"))
     assert not _outside_root(tmp_path, root)
+    # every sweep has returned: TopCAT took exactly one COMPLETE, hence one e-mail
+    puts = sim.facility.topcat.admin_status_puts
+    assert [put for put in puts if put[1] == "COMPLETE"] == [(1, "COMPLETE")], puts
     wait_for(lambda: sim.facility.mail_outbox, what="the e-mail")
-    time.sleep(0.5)  # a second COMPLETE would have mailed by now
     assert len(sim.facility.mail_outbox) == 1
 
     secrets = _secrets(sim)

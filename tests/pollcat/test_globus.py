@@ -1,4 +1,4 @@
-"""pollcat.globus against the Globus emulation (simfacility/globus), through globus-sdk."""
+"""pollcat.globus against the Globus emulation (sim/simfacility/globus), through globus-sdk."""
 
 from __future__ import annotations
 
@@ -207,6 +207,45 @@ def test_revoke_deletes_and_a_missing_rule_counts_as_done(globus, grants):
     assert g.revoke(grant.rule_id, download_id=7) is True
     assert rules(globus) == {}
     assert g.revoke(grant.rule_id, download_id=7) is False
+
+
+def test_revoke_of_a_rule_deleted_out_of_band_counts_as_revoked(globus, grants):
+    """Globus answers 404 `AccessRuleNotFound` for a rule already deleted (someone removed it
+    in the web app): nothing is left to revoke, so it is done, not an error."""
+    g = grants()
+    grant = g.grant("alice/dl-7", "simple/alice")
+    del rules(globus)[grant.rule_id]                 # deleted out of band
+    assert g.revoke(grant.rule_id, download_id=7) is False
+    deletes = [r for r in globus.state.requests if r[0] == "DELETE"]
+    assert len(deletes) == 1 and deletes[0][2].endswith(f"/access/{grant.rule_id}")
+
+
+def test_revoke_of_an_expired_rule_counts_as_revoked(globus, grants):
+    g = grants()
+    grant = g.grant("alice/dl-7", "simple/alice")
+    rules(globus)[grant.rule_id]["expiration_date"] = "2020-01-01T00:00:00+00:00"
+    assert g.revoke(grant.rule_id, download_id=7) is False
+
+
+@pytest.mark.parametrize("code", ["AccessRuleNotFound", "ClientError.NotFound",
+                                  "EndpointNotFound", "SomeFutureNotFound"])
+def test_revoke_takes_any_404_as_already_gone(globus, grants, code):
+    g = grants()
+    grant = g.grant("alice/dl-7", "simple/alice")
+    globus.state.add_fault(service="transfer", method="DELETE", status=404, code=code)
+    assert g.revoke(grant.rule_id, download_id=7) is False
+
+
+@pytest.mark.parametrize(("status", "code", "error"), [
+    (503, None, GlobusUnavailable), (403, "PermissionDenied", GlobusPermissionDenied)])
+def test_revoke_that_fails_otherwise_raises(globus, grants, status, code, error):
+    """Only a 404 counts as gone: a rule Globus still holds is never taken for revoked."""
+    g = grants()
+    grant = g.grant("alice/dl-7", "simple/alice")
+    globus.state.add_fault(service="transfer", method="DELETE", status=status, code=code)
+    with pytest.raises(error) as info:
+        g.revoke(grant.rule_id, download_id=7)
+    assert info.value.download_id == 7 and grant.rule_id in rules(globus)
 
 
 def test_reconcile_removes_only_pollcats_orphans(globus, grants):

@@ -85,3 +85,43 @@ def test_retention_removes_the_data_and_the_rule_and_reconciles_orphans(make_sim
         assert not mine & set(rules(globus))  # its rule revoked with the data
         ledger = StateStore(tmp_path / "state", "LILS").get(1)
         assert all(g.get("revoked") for g in ledger.grants if g["hook"] == "globus")
+
+
+@pytest.mark.parametrize("gone", ["deleted", "expired"])
+def test_cleanup_counts_a_rule_already_gone_as_revoked_and_reruns_cleanly(make_sim, tmp_path,
+                                                                        gone):
+    """A rule deleted out of band (Globus: 404 `AccessRuleNotFound`) or dropped at its
+    `expiration_date` does not stop retention: the delivery is removed, the ledger marks the
+    rule revoked, cleanup exits 0, and a second cleanup has nothing left to do."""
+    with running_globus(SPEC) as globus:
+        sim = make_sim(scenario(downloads=[ALICE]))
+        wait_status(sim.url, "RESTORING")
+        settings = {"client_id": CLIENT_ID, "client_secret": SECRET,
+                    "collection_id": COLLECTION, "username_template": "{user}@idp.example.org",
+                    "auth_url": globus.auth_url, "transfer_url": globus.transfer_url}
+        access = {"accounts": "none", "acl_user": False, "default_acl": False,
+                  "retention_days": 15}
+        pipe = pipeline_for(sim, tmp_path, globus=settings, access=access)
+        (out,) = pipe.sweep()
+        assert out.outcome == OutcomeKind.COMPLETED, out
+        (rule_id,) = [rid for rid, r in rules(globus).items()
+                      if r["path"] == "/alice/alice_run42/"]
+        if gone == "deleted":
+            del rules(globus)[rule_id]
+        else:
+            rules(globus)[rule_id]["expiration_date"] = "2020-01-01T00:00:00+00:00"
+        StateStore(tmp_path / "state", "LILS").update(1, delivered_at="2000-01-01T00:00:00Z")
+
+        lines: list[str] = []
+        assert pipe.cleanup(out=lines.append) == 0
+        assert not delivered_files(tmp_path / "target/globus")
+        assert f"download 1: Globus rule {rule_id} revoked (it was already gone)" in lines
+        ledger = StateStore(tmp_path / "state", "LILS").get(1)
+        assert [g.get("revoked") for g in ledger.grants if g["hook"] == "globus"] == [True]
+        deletes = [r for r in globus.state.requests if r[0] == "DELETE"]
+        assert len(deletes) == 1
+
+        lines.clear()
+        assert pipe.cleanup(out=lines.append) == 0     # the second run: nothing to revoke
+        assert not any("Globus rule" in line for line in lines)
+        assert len([r for r in globus.state.requests if r[0] == "DELETE"]) == 1

@@ -25,6 +25,7 @@ from pollcat.targetfs import TargetFS, open_target
 from pollcat.transfer import FileJob, write_file
 
 # every case against both ways of resolving a path below the root (openat2, the walk)
+# (each test is marked `unit` but the sftp one, which starts sshd)
 pytestmark = pytest.mark.usefixtures("path_resolution")
 
 DATA = b"POLLCAT-PAYLOAD " * 4096
@@ -142,6 +143,7 @@ def assert_unsafe(info: pytest.ExceptionInfo, root: Path, rel: str) -> None:
 
 @pytest.mark.parametrize("plant", FILE_PLANTS, ids=ids(FILE_PLANTS))
 @pytest.mark.parametrize("rel", [REL, PART], ids=["final", "part"])
+@pytest.mark.unit
 def test_planted_at_a_file_name(tmp_path, outside, plant, rel):
     root = tmp_path / "target"
     make_parents(root, rel, staging=True)
@@ -155,6 +157,7 @@ def test_planted_at_a_file_name(tmp_path, outside, plant, rel):
 
 @pytest.mark.parametrize("plant", DIR_PLANTS, ids=ids(DIR_PLANTS))
 @pytest.mark.parametrize("level", ["alice", DL, f"{DL}/INV", f"{DL}/INV/1", f"{DL}/INV/1/ds"])
+@pytest.mark.unit
 def test_planted_at_a_directory_level(tmp_path, outside, plant, level):
     root = tmp_path / "target"
     (root / level).parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +172,7 @@ STAGING_PLANTS = [plant_symlink_dir, plant_fifo, plant_file]
 
 
 @pytest.mark.parametrize("plant", STAGING_PLANTS, ids=ids(STAGING_PLANTS))
+@pytest.mark.unit
 def test_planted_at_the_staging_directory(tmp_path, outside, plant):
     root = tmp_path / "target"
     (root / DL).mkdir(parents=True)
@@ -181,6 +185,7 @@ def test_planted_at_the_staging_directory(tmp_path, outside, plant):
 
 @pytest.mark.parametrize(("owner", "mode"), [(65534, 0o700), (None, 0o777), (None, 0o755)],
                          ids=["other-owner", "world-writable", "group-readable-0755"])
+@pytest.mark.unit
 def test_staging_directory_not_made_by_pollcat(tmp_path, outside, owner, mode):
     if owner is not None and os.geteuid() != 0:
         pytest.skip("chown needs root")
@@ -210,6 +215,7 @@ def _write_manifest(tfs: TargetFS) -> None:
 
 @pytest.mark.parametrize("plant", MANIFEST_PLANTS, ids=ids(MANIFEST_PLANTS))
 @pytest.mark.parametrize("rel", [MANIFEST, MANIFEST_TEMP], ids=["manifest", "manifest-temp"])
+@pytest.mark.unit
 def test_planted_at_the_manifest(tmp_path, outside, plant, rel):
     root = tmp_path / "target"
     make_parents(root, rel, staging=True)
@@ -229,6 +235,7 @@ CLAIM_PLANTS = [plant_symlink_file, plant_dangling_symlink, plant_fifo, plant_di
 
 @pytest.mark.parametrize("plant", CLAIM_PLANTS, ids=ids(CLAIM_PLANTS))
 @pytest.mark.parametrize("rel", [CLAIM, f"{DL}/.pollcat-claim"], ids=["claim", "legacy-claim"])
+@pytest.mark.unit
 def test_planted_at_the_claim(tmp_path, outside, plant, rel):
     root = tmp_path / "target"
     make_parents(root, rel, staging=True)
@@ -239,6 +246,7 @@ def test_planted_at_the_claim(tmp_path, outside, plant, rel):
     assert_unsafe(info, root, rel)
 
 
+@pytest.mark.unit
 def test_symlinked_download_dir_is_refused_by_the_claim(tmp_path, outside):
     root = tmp_path / "target"
     (root / "alice").mkdir(parents=True)
@@ -249,6 +257,7 @@ def test_symlinked_download_dir_is_refused_by_the_claim(tmp_path, outside):
     assert_unsafe(info, root, DL)
 
 
+@pytest.mark.unit
 def test_a_clean_target_still_works(tmp_path, outside):
     """The control case: nothing planted, everything in place, staging dir is 0700."""
     root = tmp_path / "target"
@@ -303,6 +312,7 @@ def test_planted_over_sftp(tmp_path, outside, sftp_server, where, rel, plant):
     no_payload_anywhere(tmp_path)
 
 
+@pytest.mark.unit
 def test_staging_directory_swapped_between_steps_is_refused(tmp_path, outside):
     """A user owning the download directory renames pollcat's staging directory away and puts
     their own (with a fake part file) in its place, after the bytes were written: the placement

@@ -18,7 +18,7 @@ from pollcat.targetfs import open_target
 from pollcat.transfer import FileJob, FileResult
 
 # every case against both ways of resolving a path below the root (openat2, the walk)
-pytestmark = pytest.mark.usefixtures("path_resolution")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("path_resolution")]
 
 GOOD = os.urandom(50_000)
 EVIL = b"ZIP-SLIP-MARKER " * 100

@@ -13,6 +13,8 @@ from pollcat.layout import (
     render_path,
 )
 
+pytestmark = pytest.mark.unit
+
 FIELDS = {
     "user": "alice", "download": "my-download", "download_id": 42, "facility": "LILS",
     "investigation": "INV-001", "visit": "1", "dataset": "run-42",

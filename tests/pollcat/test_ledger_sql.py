@@ -11,6 +11,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -24,10 +26,9 @@ from pollcat.ledger_sql import (
     ImportReport,
     SqlStateStore,
     import_json_ledgers,
-    open_state_store,
     sqlite_url,
 )
-from pollcat.state import LedgerRecord, StateStore
+from pollcat.state import LedgerRecord, StateStore, open_state_store
 from pollcat.states import Verdict
 from tests.postgres import PostgresServer, running_postgres
 
@@ -397,6 +398,37 @@ def test_no_prepared_id_is_stored_outside_its_own_table(db_url, tmp_path):
 def test_open_state_store_without_a_url_is_the_json_store(tmp_path):
     assert isinstance(open_state_store(tmp_path, "LILS", None), StateStore)
     assert isinstance(open_state_store(tmp_path, "LILS", ""), StateStore)
+
+
+def test_the_json_ledger_never_imports_sqlalchemy(tmp_path):
+    """SQLAlchemy and psycopg are the `sql` extra: the pipeline on the JSON ledger runs without
+    them (prefect depends on SQLAlchemy, but pollcat loads it only for a ledger URL)."""
+    code = ("import sys, pollcat.pipeline, pollcat.cli\n"
+            "from pollcat.state import open_state_store\n"
+            f"open_state_store({str(tmp_path)!r}, 'LILS', None)\n"
+            "print(sorted(m for m in ('sqlalchemy', 'psycopg', 'pollcat.ledger_sql')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_ledger_url_without_the_sql_extra_is_a_configuration_error(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "sqlalchemy" or m.startswith("sqlalchemy.")
+                 or m == "pollcat.ledger_sql"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # `import sqlalchemy` fails
+    with pytest.raises(ConfigurationError, match=r"pollcat\[sql\]") as err:
+        open_state_store(tmp_path, "LILS", "postgresql://pollcat:s3cret@db/pollcat")
+    assert "s3cret" not in str(err.value)
+
+
+def test_a_postgresql_url_without_psycopg_names_the_sql_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` fails
+    with pytest.raises(ConfigurationError, match=r"pollcat\[sql\]") as err:
+        # (a URL of its own: engines are shared per URL, and this one must be a new engine)
+        SqlStateStore("postgresql://pollcat:s3cret@127.0.0.1:2/no-driver", "LILS")
+    assert "s3cret" not in str(err.value)
 
 
 def test_the_sqlite_file_is_private(tmp_path):

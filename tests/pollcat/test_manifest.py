@@ -28,6 +28,8 @@ from pollcat.targetfs import open_target as T
 from pollcat.transfer import FileJob, write_file
 from tests.support import BytesSource
 
+pytestmark = pytest.mark.unit
+
 Source = BytesSource
 
 

@@ -60,6 +60,8 @@ def _check_delivery(root, sim, expected_rel: dict[str, str]) -> None:
         assert files[rel].stat().st_size == df.size
         assert int(crc_hex(files[rel]), 16) == int(df.checksum, 16)
     assert not list(root.rglob("*.pollcat-part"))
+    # nothing of pollcat's but the manifest after COMPLETE: claim and staging dir are gone
+    assert not list(root.rglob(".pollcat")) and not list(root.rglob(".pollcat-claim*"))
 
 
 def _stamps(root) -> dict[str, tuple[int, int]]:

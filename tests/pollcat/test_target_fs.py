@@ -16,7 +16,7 @@ from pollcat.errors import UnsafeTargetPath
 from pollcat.targetfs import FsspecTarget, Kind, LocalTarget, NameTaken, open_target
 
 # every case against both ways of resolving a path below the root (openat2, the walk)
-pytestmark = pytest.mark.usefixtures("path_resolution")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("path_resolution")]
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -40,6 +40,8 @@ from pollcat.transfer import (
     write_stream_entry,
 )
 
+pytestmark = pytest.mark.unit
+
 DATA = os.urandom(3 * (1 << 20) + 12345)
 
 

@@ -19,6 +19,8 @@ from pollcat.targetfs.dircache import DirCache
 from pollcat.transfer import FileJob, FileResult, run_file_jobs, synced_once, write_file
 from tests.pollcat.test_transfer import Server, hexcrc
 
+pytestmark = pytest.mark.unit
+
 BIG = os.urandom((8 << 20) + 777_777)  # above OVERLAP_MIN: written on a second thread
 
 

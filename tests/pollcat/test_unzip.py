@@ -28,6 +28,8 @@ from pollcat.errors import (
 )
 from pollcat.unzip import iter_entries
 
+pytestmark = pytest.mark.unit
+
 
 class Unseekable(io.RawIOBase):
     """A sink without tell/seek, so zipfile writes data descriptors as over a socket."""

@@ -43,9 +43,11 @@ PollcatFacility(facility_name='LILS', icat_url={sim_url!r}, ids_url={sim_url!r},
 def test_a_sweep_cut_off_by_a_worker_restart_does_not_block_the_schedule(
         prefect_server: PrefectServer, tmp_path):
     server = prefect_server
-    # the restore takes 60 s and the sweep waits for it: the first sweep is mid-run when the
-    # worker restarts
-    scn = scenario(downloads=[DOWNLOAD], restore={"latency_s": 60, "bytes_per_s": 1e9})
+    # the restore takes 100 s from the facility's start and the sweep waits for it: the first
+    # sweep is mid-run when the worker restarts. (60 s was too short once `bootstrap --deploy`
+    # anchored the first sweep 20 s after the deploy: on a loaded 2-core CI host the restore
+    # was done before the first sweep began, and it completed before the restart.)
+    scn = scenario(downloads=[DOWNLOAD], restore={"latency_s": 100, "bytes_per_s": 1e9})
     with running_facility(scn, tmp_path / "ids") as sim:
         assert server.python("-m", "deployments.bootstrap").returncode == 0
         _save_blocks(server, sim.url, tmp_path)
@@ -57,6 +59,7 @@ def test_a_sweep_cut_off_by_a_worker_restart_does_not_block_the_schedule(
             assert time.monotonic() < deadline, worker.log()[-3000:]
             time.sleep(1)
         first = next(r for r in _runs(server) if r["state_type"] == "RUNNING")
+        assert statuses(sim.url) == {1: "RESTORING"}, "the restore ended before the cut"
         time.sleep(3)
         # what systemd does (pollcat-worker.service): SIGINT to the main process, then restart
         t_stop = time.monotonic()

@@ -154,13 +154,44 @@ def test_duplicate_rule_is_409_exists(globus, transfer):
     assert "already exists" in info.value.message
 
 
-def test_unknown_rule_is_404_client_error_not_found(globus, transfer):
+def test_unknown_rule_is_404_access_rule_not_found(globus, transfer):
     with pytest.raises(globus_sdk.TransferAPIError) as info:
         transfer.delete_endpoint_acl_rule(COLLECTION, str(uuid.uuid4()))
-    assert (info.value.http_status, info.value.code) == (404, "ClientError.NotFound")
+    assert (info.value.http_status, info.value.code) == (404, "AccessRuleNotFound")
     with pytest.raises(globus_sdk.TransferAPIError) as info:
         transfer.get_endpoint_acl_rule(COLLECTION, str(uuid.uuid4()))
-    assert info.value.code == "ClientError.NotFound"
+    assert info.value.code == "AccessRuleNotFound"
+
+
+def test_delete_of_a_deleted_rule_is_globus_404_access_rule_not_found_document(globus,
+                                                                               transfer):
+    """Globus: DELETE /v0.10/endpoint/<id>/access/<rule_id> of a rule already deleted answers
+    404 with Transfer's error document, code `AccessRuleNotFound` (a client retrying a DELETE
+    whose first answer was lost must take it as success)."""
+    rule_id = transfer.add_endpoint_acl_rule(COLLECTION, rule_doc(alice_id(globus)))["access_id"]
+    assert transfer.delete_endpoint_acl_rule(COLLECTION, rule_id)["code"] == "Deleted"
+    with pytest.raises(globus_sdk.TransferAPIError) as info:
+        transfer.delete_endpoint_acl_rule(COLLECTION, rule_id)
+    err = info.value
+    assert (err.http_status, err.code) == (404, "AccessRuleNotFound")
+    body = err.raw_json
+    assert set(body) == {"code", "message", "request_id", "resource"}
+    assert body["code"] == "AccessRuleNotFound" and rule_id in body["message"]
+    assert body["resource"] == f"/endpoint/{COLLECTION}/access/{rule_id}"
+    assert body["request_id"] and err.request_id == body["request_id"]
+    assert err.message == body["message"]
+
+
+def test_delete_of_an_expired_rule_is_404_access_rule_not_found(globus, transfer):
+    """A permission past its `expiration_date` is gone: deleting it answers as for a deleted
+    one."""
+    rule_id = transfer.add_endpoint_acl_rule(COLLECTION, rule_doc(alice_id(globus)))["access_id"]
+    globus.state.collections[COLLECTION].rules[rule_id]["expiration_date"] = (
+        "2020-01-01T00:00:00+00:00")
+    with pytest.raises(globus_sdk.TransferAPIError) as info:
+        transfer.delete_endpoint_acl_rule(COLLECTION, rule_id)
+    assert (info.value.http_status, info.value.code) == (404, "AccessRuleNotFound")
+    assert info.value.raw_json["resource"] == f"/endpoint/{COLLECTION}/access/{rule_id}"
 
 
 def test_no_role_is_403_permission_denied_and_unknown_collection_404(globus, transfer):

@@ -423,18 +423,20 @@ def test_large_in_list_and_paging_are_fast(make_sim) -> None:
     id_list = ", ".join(map(str, ids))
     query = (f"SELECT df FROM Datafile df WHERE df.id IN ({id_list}) "
              "INCLUDE df.dataset.investigation.facility")
-    start = time.monotonic()
+    # CPU seconds of this process (client and in-process simulator), not wall-clock: other
+    # processes on a loaded machine (xdist's other workers) must not fail the bound
+    start = time.process_time()
     rows = ok(em(sim.url, sid, query))
-    elapsed = time.monotonic() - start
+    elapsed = time.process_time() - start
     assert [r["Datafile"]["id"] for r in rows] == ids
     assert rows[0]["Datafile"]["dataset"]["fileCount"] == 100_000
-    assert elapsed < 1.0, f"IN of 1,000 ids took {elapsed:.2f}s"
+    assert elapsed < 1.0, f"IN of 1,000 ids took {elapsed:.2f} s of CPU"
 
     inv_id = next(iter(sim.store.investigations))
     page = ("SELECT df FROM Datafile df JOIN df.dataset ds JOIN ds.investigation inv "
             f"WHERE inv.id = {inv_id} ORDER BY df.id LIMIT 200, 100")
-    start = time.monotonic()
+    start = time.process_time()
     rows = ok(em(sim.url, sid, page))
-    elapsed = time.monotonic() - start
+    elapsed = time.process_time() - start
     assert [r["Datafile"]["id"] for r in rows] == sorted(sim.store.datafiles)[200:300]
-    assert elapsed < 1.0, f"paging took {elapsed:.2f}s"
+    assert elapsed < 1.0, f"paging took {elapsed:.2f} s of CPU"

@@ -7,7 +7,11 @@ import logging
 import threading
 import time
 
+import pytest
+
 from simfacility.ids_api import prefetch
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_client_leaving_mid_read_closes_the_source_after_its_read(caplog):

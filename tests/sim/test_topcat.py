@@ -260,6 +260,9 @@ def test_status_put_errors(make_sim):
     assert resp.status_code == 500 and resp.json()["code"] == "InternalException"
     assert put_status(sim, admin, 1, "PAUSED").status_code == 200
     assert download(sim, admin, 1)["status"] == "PAUSED"
+    # the simulator's log of admin status PUTs (for "exactly one COMPLETE") holds the accepted
+    assert sim.facility.topcat.admin_status_puts == [(1, "PAUSED")]
+    assert requests.get(f"{sim.url}/sim/status-puts", timeout=10).json() == [[1, "PAUSED"]]
 
 
 def test_custom_value_sends_the_email_immediately_and_on_every_put(make_sim):

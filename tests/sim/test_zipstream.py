@@ -9,8 +9,12 @@ import time
 import zipfile
 import zlib
 
+import pytest
+
 from pollcat.unzip import iter_entries
 from simfacility.zipstream_writer import dos_time, zip_stream
+
+pytestmark = pytest.mark.unit
 
 LOCAL = struct.Struct("<4sHHHIIIIHH")
 CENTRAL = struct.Struct("<4sHHHHIIIIHHHHHII")

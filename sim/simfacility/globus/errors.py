@@ -2,7 +2,7 @@
 
 - Transfer: `{"code", "message", "request_id", "resource"}` with the HTTP status
   (for example 409 `Exists`, 409 `LimitExceeded`, 403 `PermissionDenied`,
-  404 `ClientError.NotFound`, 503 `ServiceUnavailable`).
+  404 `AccessRuleNotFound`, 404 `EndpointNotFound`, 503 `ServiceUnavailable`).
 - Auth API (`/v2/api/...`): a JSON:API-style `{"errors": [{"status", "id", "code", "detail",
   "title"}], "error", "error_description"}`, as `globus_sdk.testing`'s fixtures record it.
 - Auth OAuth2 (`/v2/oauth2/token`): RFC 6749's `{"error", "error_description"}`.

@@ -8,9 +8,12 @@
   document with code `Updated` / `Deleted`.
 
 Errors use Transfer's document: 401 `AuthenticationFailed`, 404 `EndpointNotFound` (unknown
-collection), 404 `ClientError.NotFound` (unknown rule), 403 `PermissionDenied` (no managing
-role), 400 `BadRequest` (malformed access document), 409 `Exists` (same principal and path),
-409 `LimitExceeded` (the collection's permission limit).
+collection), 404 `AccessRuleNotFound` (a rule id the collection does not hold: never created,
+deleted, or dropped at its `expiration_date`; Globus documents this code for a DELETE of a rule
+that is already deleted, so a client retrying a DELETE whose answer was lost must accept it as
+success), 403 `PermissionDenied` (no managing role), 400 `BadRequest` (malformed access
+document), 409 `Exists` (same principal and path), 409 `LimitExceeded` (the collection's
+permission limit).
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ class AccessControl:
     def _rule(coll: Collection, rule_id: str) -> dict[str, Any]:
         rule = coll.rules.get(rule_id)
         if rule is None:
-            raise TransferError(404, "ClientError.NotFound",
+            raise TransferError(404, "AccessRuleNotFound",
                                 f"Access rule '{rule_id}' not found")
         return rule
 

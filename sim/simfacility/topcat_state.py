@@ -227,6 +227,9 @@ class TopcatState:
         self._ids = 0
         self._download_ids = 0  # its own sequence, like the DOWNLOAD table's, so ids are 1, 2, 3
         self._last_checks: dict[int, float] = {}
+        # every admin status PUT that TopCAT accepted, in order: (download id, status). TopCAT
+        # keeps only the last status; this log lets a test prove one COMPLETE per download
+        self.admin_status_puts: list[tuple[int, str]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Handlers run blocking HTTP calls here, not on the server's shared thread pool, so
@@ -358,6 +361,8 @@ class TopcatState:
                     raise TopcatError("InternalException",
                                       f"java.lang.IllegalStateException {exc}", 500) from None
             d.status = value
+            if admin:
+                self.admin_status_puts.append((d.id, value))
             if value == "COMPLETE":
                 d.completed_at = now()
                 if mail is not None:

@@ -30,6 +30,10 @@ def _sim_routes(fac: SimFacility) -> list[Route]:
     async def mail(request: Request) -> JSONResponse:
         return JSONResponse(fac.mail_outbox)
 
+    async def status_puts(request: Request) -> JSONResponse:
+        with fac.topcat.lock:
+            return JSONResponse([list(put) for put in fac.topcat.admin_status_puts])
+
     async def ids_streams(request: Request) -> JSONResponse:
         if request.method == "DELETE":
             fac.ids_streams.reset()
@@ -42,6 +46,7 @@ def _sim_routes(fac: SimFacility) -> list[Route]:
     return [
         Route("/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route("/mail", mail, methods=["GET"]),
+        Route("/status-puts", status_puts, methods=["GET"]),
         Route("/ids-streams", ids_streams, methods=["GET", "DELETE"]),
         Route("/health", health, methods=["GET"]),
     ]
