@@ -62,7 +62,7 @@ def pipeline_config(tmp_path: Path, url: str = "http://127.0.0.1:9", *, transpor
                           poll_budget_seconds=5.0, max_prepare_attempts=3)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     """Poll until `predicate()` is truthy (TopCAT's StatusCheck and mail are asynchronous)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -74,7 +74,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = ""
         time.sleep(0.05)
 
 
-def wait_status(url: str, status: str, timeout: float = 10.0) -> None:
+def wait_status(url: str, status: str, timeout: float = 30.0) -> None:
     wait_for(lambda: all(s == status for s in statuses(url).values()), timeout,
              f"every download {status}")
 

@@ -203,12 +203,15 @@ def swept(tmp_path_factory) -> Swept:
     try:
         pipe = pipeline_for(sim, base, source="storage", hardlink=False,
                             storage_url=f"file://{sim.facility.data_dir}")
-        wait_for(lambda: len(statuses(sim.url)) == len(CASES), 30, "all downloads submitted")
+        wait_for(lambda: len(statuses(sim.url)) == len(CASES), 120,
+                 "all downloads submitted")
         rows = downloads(sim.url)
         order = sorted(rows)  # submitted in case order
         by_case = {case.id: order[i] for i, case in enumerate(CASES)}
         for _ in range(12):
-            wait_for(lambda: "PREPARING" not in statuses(sim.url).values(), 20, "prepared")
+            # readiness, not speed: TopCAT's StatusCheck prepares the 80-odd downloads one by
+            # one, which took over 20 s on a CI host busy with two Prefect stacks
+            wait_for(lambda: "PREPARING" not in statuses(sim.url).values(), 180, "prepared")
             pipe.sweep()
             if "RESTORING" not in statuses(sim.url).values():
                 break
