@@ -169,7 +169,10 @@ def test_access_errors(sim):
 
 # -- restore lifecycle ---------------------------------------------------------------------
 
-def test_restore_lifecycle_503_then_data(sim):
+def test_restore_lifecycle_503_then_data(make_sim):
+    # a restore long enough that RESTORING is still seen after the 503 on a loaded CI host
+    # (FAST's restore ended first once, with four xdist workers beside two Prefect stacks)
+    sim = make_sim(scenario(restore={"latency_s": 3.0, "bytes_per_s": 1_000_000_000}))
     u = ids(sim)
     sid = sim.facility.sessions.login("simple/alice")
     df = df_of(sim, "scan_0002.nxs")
