@@ -369,13 +369,25 @@ def cleanup(records: Iterable[Mapping[str, Any]], *, root: str, policy: AccessPo
             results.append(result)
             if result.outcome in (CleanupOutcome.REMOVED, CleanupOutcome.GONE):
                 gone.append(delivery)
-            if record is not None and not dry_run and result.outcome not in (
-                    CleanupOutcome.GONE, CleanupOutcome.KEPT):
-                record(result.to_record())
+            record_result(result, record, dry_run)
+    report_results(results, out, dry_run)
+    return results
+
+
+def record_result(result: CleanupResult, record: Record | None, dry_run: bool) -> None:
+    """A change goes to the ledger (`record`); a dry run, a download kept or already gone
+    records nothing. Shared by every target's cleanup."""
+    if record is not None and not dry_run and result.outcome not in (
+            CleanupOutcome.GONE, CleanupOutcome.KEPT):
+        record(result.to_record())
+
+
+def report_results(results: Sequence[CleanupResult], out: Callable[[str], None] | None,
+                   dry_run: bool) -> None:
+    """One line per download for the operator, marked on a dry run."""
     for result in results:
         if out is not None:
             out(("[dry run] " if dry_run else "") + result.describe())
-    return results
 
 
 def _cleanup_one(root_fd: int, root: str, delivery: DeliveryRecord,

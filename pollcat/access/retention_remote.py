@@ -41,6 +41,8 @@ from pollcat.access.retention import (
     CleanupResult,
     DeliveryRecord,
     is_expired,
+    record_result,
+    report_results,
 )
 from pollcat.claim import CLAIM_PREFIX, current_claim
 from pollcat.errors import PollcatError
@@ -94,12 +96,8 @@ def cleanup_target(records: Iterable[Mapping[str, Any]], tfs: TargetFS, *, reten
                               CleanupOutcome.GONE):
             gone.append(delivery)
         results.append(result)
-        if record is not None and not dry_run and result.outcome not in (
-                CleanupOutcome.GONE, CleanupOutcome.KEPT):
-            record(result.to_record())
-    for result in results:
-        if out is not None:
-            out(("[dry run] " if dry_run else "") + result.describe())
+        record_result(result, record, dry_run)
+    report_results(results, out, dry_run)
     return results
 
 
